@@ -1,0 +1,92 @@
+"""The app factory: ``create_app()`` is what gunicorn serves (``api.app:create_app()``)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import connexion
+import redis
+from connexion.lifecycle import ConnexionRequest, ConnexionResponse
+from connexion.middleware import MiddlewarePosition
+from kombu.exceptions import OperationalError
+
+from api import swagger_page
+from api.errors import PROBLEM_JSON, ApiError, ServiceUnavailable
+from api.limits import BodySizeLimit
+from api.services import EXTENSION_KEY, Services
+from common.celery_app import make_celery
+from common.jobstore import JobStore
+from common.settings import REPO_ROOT, Settings
+from common.storage import Storage
+
+SPEC = REPO_ROOT / "swagger" / "openapi.yaml"
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None, services: Services | None = None) -> connexion.FlaskApp:
+    """Build the API. Tests pass their own ``settings`` (or whole ``services``)."""
+    settings = settings or Settings.from_env()
+    services = services or build_services(settings)
+
+    app = connexion.FlaskApp(__name__, specification_dir=str(SPEC.parent))
+    app.add_api(
+        SPEC.name,
+        strict_validation=True,
+        validate_responses=True,
+        swagger_ui_options=connexion.options.SwaggerUIOptions(swagger_ui_path="/ui"),
+    )
+    app.app.extensions[EXTENSION_KEY] = services
+    app.app.add_url_rule("/", "swagger_ui_root", swagger_page.index)
+    app.add_error_handler(ApiError, _problem)
+    app.add_error_handler(redis.RedisError, _redis_down)
+    app.add_error_handler(OperationalError, _broker_down)
+    app.add_middleware(
+        BodySizeLimit,
+        position=MiddlewarePosition.BEFORE_EXCEPTION,
+        max_upload_bytes=settings.max_upload_bytes,
+    )
+    _warm_broker(services)
+    return app
+
+
+def build_services(settings: Settings) -> Services:
+    storage_dir = settings.resolve(settings.storage_dir)
+    storage_dir.mkdir(parents=True, exist_ok=True)
+    return Services(
+        settings=settings,
+        store=JobStore.from_url(settings.redis_url, settings.redis_prefix, settings.job_ttl_seconds),
+        storage=Storage(Path(storage_dir)),
+        celery=make_celery(settings, name="cvjobs-api"),
+    )
+
+
+def _problem(request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
+    assert isinstance(exc, ApiError)
+    return ConnexionResponse(
+        status_code=exc.status, content_type=PROBLEM_JSON, body=exc.body()
+    )
+
+
+def _redis_down(request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
+    log.warning("Redis error: %s", exc)
+    return _problem(request, ServiceUnavailable(f"the job store (Redis) does not answer: {exc}"))
+
+
+def _broker_down(request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
+    log.warning("broker error: %s", exc)
+    return _problem(request, ServiceUnavailable(f"the message broker does not answer: {exc}"))
+
+
+def _warm_broker(services: Services) -> None:
+    """Open the publish connection in the background: the first one costs ~200 ms."""
+
+    def warm() -> None:
+        try:
+            with services.celery.producer_or_acquire() as producer:
+                producer.connection.ensure_connection(max_retries=1)
+        except (OperationalError, OSError) as exc:
+            log.warning("broker not reachable at start-up: %s", exc)
+
+    threading.Thread(target=warm, name="broker-warm-up", daemon=True).start()

@@ -1,0 +1,38 @@
+"""Builds the Celery chain of a pipeline: pure, testable without a broker."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from celery import Celery
+from celery.canvas import Signature, chain
+
+from common.contract import Payload, Pipeline
+
+
+def step_task_ids(job_id: str, pipeline: Pipeline) -> list[str]:
+    """Task ids fixed up front, so the job record can list (and revoke) every step."""
+    return [f"{job_id}-{step.name}" for step in pipeline.steps]
+
+
+def build_chain(
+    app: Celery, pipeline: Pipeline, payload: Payload, task_ids: Sequence[str]
+) -> Signature:
+    """preprocess -> inference -> postprocess, each step on its own queue.
+
+    Only the first step gets the payload; each later step receives what the
+    previous one returned (a Celery chain passes results along).
+    """
+    if len(task_ids) != len(pipeline.steps):
+        raise ValueError("one task id per step")
+    signatures = [
+        app.signature(
+            step.task,
+            args=(dict(payload),) if index == 0 else (),
+            queue=step.queue,
+            routing_key=step.queue,
+            task_id=task_id,
+        )
+        for index, (step, task_id) in enumerate(zip(pipeline.steps, task_ids, strict=True))
+    ]
+    return chain(*signatures)

@@ -1,0 +1,1 @@
+"""Thin handlers, reached by operationId: parse, call a service function, return."""

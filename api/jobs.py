@@ -1,0 +1,170 @@
+"""Job service: what the job handlers do, apart from HTTP.
+
+``submit`` is all-or-nothing: when Redis or RabbitMQ fails part way, the stored
+upload and the job record are removed again before the 503 goes out.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import redis
+from kombu.exceptions import OperationalError
+
+from api.chains import build_chain, step_task_ids
+from api.errors import (
+    Conflict,
+    NotFound,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    UnprocessableImage,
+    UnsupportedMediaType,
+)
+from api.options import get_pipeline, resolve_options
+from api.services import Services
+from common.contract import ACTIVE_STATES, Payload, Pipeline
+from common.images import ImageHeader, ImageUnprocessable, NotAnImage, inspect_image
+from common.storage import StorageKeyError
+
+log = logging.getLogger(__name__)
+
+
+def submit(
+    svc: Services, stream: BinaryIO, filename: str, fields: dict[str, Any]
+) -> dict[str, Any]:
+    """Validate, store, record and queue a job; returns its record."""
+    pipeline = get_pipeline(str(fields.get("pipeline", "")))
+    options = resolve_options(pipeline, fields)
+    header = _inspect(stream, svc.settings.max_image_pixels)
+    refuse_if_unavailable(svc, pipeline)
+
+    job_id = uuid.uuid4().hex
+    input_key = svc.storage.key(job_id, "input" + header.extension)
+    try:
+        size = svc.storage.write_stream(input_key, stream)
+        if size > svc.settings.max_upload_bytes:
+            raise PayloadTooLarge(
+                f"the file is {size} bytes; the limit is {svc.settings.max_upload_bytes}"
+            )
+        input_info = {
+            "key": input_key,
+            "filename": Path(filename or "upload").name[:200],
+            "content_type": header.content_type,
+            "format": header.format,
+            "bytes": size,
+            "width": header.width,
+            "height": header.height,
+        }
+        task_ids = step_task_ids(job_id, pipeline)
+        record = svc.store.create(job_id, pipeline, options, input_info, task_ids)
+    except BaseException:
+        svc.storage.remove_job(job_id)
+        raise
+
+    payload: Payload = {
+        "job_id": job_id,
+        "pipeline": pipeline.name,
+        "options": options,
+        "input_key": input_key,
+        "image": {"width": header.width, "height": header.height},
+    }
+    try:
+        build_chain(svc.celery, pipeline, payload, task_ids).apply_async()
+    except BaseException as exc:
+        _rollback(svc, job_id)
+        if isinstance(exc, OperationalError):
+            raise ServiceUnavailable(f"the message broker does not answer: {exc}") from exc
+        raise
+    return record
+
+
+def _inspect(stream: BinaryIO, max_pixels: int) -> ImageHeader:
+    try:
+        return inspect_image(stream, max_pixels)
+    except NotAnImage as exc:
+        raise UnsupportedMediaType(str(exc)) from exc
+    except ImageUnprocessable as exc:
+        raise UnprocessableImage(str(exc)) from exc
+
+
+def refuse_if_unavailable(svc: Services, pipeline: Pipeline) -> None:
+    """409 when inference workers are online and all of them lack the pipeline's model."""
+    available, reason, reported = model_status(svc, pipeline.model)
+    if reported and not available:
+        raise Conflict(f"pipeline {pipeline.name!r} is unavailable: {reason}")
+
+
+def model_status(svc: Services, model: str) -> tuple[bool, str | None, bool]:
+    """(available on some worker, why not, whether any worker reported the model)."""
+    reasons = []
+    for worker in svc.store.workers():
+        status = (worker.get("models") or {}).get(model)
+        if status is None:
+            continue
+        if status.get("available"):
+            return True, None, True
+        reasons.append(status.get("reason") or "unavailable")
+    if reasons:
+        return False, reasons[0], True
+    return False, "no inference worker is online; jobs wait in the queue until one starts", False
+
+
+def get(svc: Services, job_id: str) -> dict[str, Any]:
+    record = svc.store.get(job_id)
+    if record is None:
+        raise NotFound(f"no job {job_id} (never submitted, deleted, or expired)")
+    return record
+
+
+def result(svc: Services, job_id: str) -> dict[str, Any]:
+    record = get(svc, job_id)
+    if record["state"] != "succeeded":
+        raise Conflict(f"job {job_id} is {record['state']}; a result exists once it succeeded")
+    document = svc.store.get_result(job_id)
+    if document is None:
+        raise NotFound(f"the result of job {job_id} has expired")
+    return document
+
+
+def artifact_path(svc: Services, job_id: str, name: str) -> tuple[Path, str]:
+    record = get(svc, job_id)
+    for artifact in record.get("artifacts") or []:
+        if artifact["name"] == name:
+            try:
+                path = svc.storage.artifact_path(job_id, name)
+            except StorageKeyError:
+                break
+            if path.is_file():
+                return path, artifact["content_type"]
+            break
+    raise NotFound(f"job {job_id} has no artifact {name!r}")
+
+
+def delete(svc: Services, job_id: str) -> None:
+    """Cancel an active job (record kept, marked cancelled) or delete a finished one."""
+    record = get(svc, job_id)
+    if record["state"] in ACTIVE_STATES and svc.store.cancel(job_id):
+        _revoke(svc, record.get("task_ids") or [])
+    else:
+        svc.store.delete(job_id)
+    svc.storage.remove_job(job_id)
+
+
+def _revoke(svc: Services, task_ids: list[str]) -> None:
+    # Workers also check the job's state before each step, so a revoke that does not
+    # reach a worker (e.g. one started later) only costs that step's start-up.
+    try:
+        svc.celery.control.revoke(task_ids)
+    except OperationalError as exc:
+        log.warning("revoke of %s not sent: %s", task_ids, exc)
+
+
+def _rollback(svc: Services, job_id: str) -> None:
+    try:
+        svc.store.delete(job_id)
+    except redis.RedisError:
+        log.exception("could not remove the record of job %s after a failed publish", job_id)
+    svc.storage.remove_job(job_id)

@@ -1,0 +1,75 @@
+"""Checks a submission's options against its pipeline and fills in the defaults.
+
+The spec already checks each field's type and bounds for every pipeline; what
+it cannot say is which options belong to which pipeline, so that is done here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from api.errors import BadRequest
+from common.contract import PIPELINES, Option, Pipeline
+
+# Multipart fields that are not options.
+NON_OPTIONS = frozenset({"file", "pipeline"})
+
+
+def get_pipeline(name: str) -> Pipeline:
+    try:
+        return PIPELINES[name]
+    except KeyError:
+        raise BadRequest(
+            f"unknown pipeline {name!r}; choose one of {', '.join(sorted(PIPELINES))}"
+        ) from None
+
+
+def resolve_options(pipeline: Pipeline, fields: dict[str, Any]) -> dict[str, Any]:
+    """The pipeline's defaults overridden by ``fields``; refuses options of other pipelines."""
+    known = {option.name: option for option in pipeline.options}
+    given = {k: v for k, v in fields.items() if k not in NON_OPTIONS and v is not None}
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise BadRequest(
+            f"pipeline {pipeline.name!r} has no option {', '.join(map(repr, unknown))}; "
+            f"its options are {', '.join(sorted(known)) or 'none'}"
+        )
+    options = pipeline.defaults()
+    for name, value in given.items():
+        options[name] = _coerce(known[name], value)
+    if "image_size" in options and options["image_size"] % 32:
+        raise BadRequest(f"image_size must be a multiple of 32, got {options['image_size']}")
+    return options
+
+
+def _coerce(option: Option, value: Any) -> Any:
+    """Form fields may arrive as strings; turn them into the option's type and check bounds."""
+    try:
+        if option.type == "boolean":
+            coerced: Any = value if isinstance(value, bool) else _parse_bool(str(value))
+        elif option.type == "integer":
+            coerced = int(value)
+        elif option.type == "number":
+            coerced = float(value)
+        elif option.type == "class-list":
+            coerced = sorted({int(part) for part in str(value).split(",") if part.strip()})
+        else:
+            coerced = str(value)
+    except ValueError:
+        raise BadRequest(f"option {option.name!r}: {value!r} is not a {option.type}") from None
+    if option.minimum is not None and coerced < option.minimum:
+        raise BadRequest(f"option {option.name!r} must be >= {option.minimum}, got {coerced}")
+    if option.maximum is not None and coerced > option.maximum:
+        raise BadRequest(f"option {option.name!r} must be <= {option.maximum}, got {coerced}")
+    if option.enum is not None and coerced not in option.enum:
+        raise BadRequest(f"option {option.name!r} must be one of {', '.join(option.enum)}")
+    return coerced
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("true", "1", "yes", "on"):
+        return True
+    if lowered in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(text)

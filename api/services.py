@@ -1,0 +1,28 @@
+"""The collaborators a request needs, built once per process by ``create_app``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from celery import Celery
+from flask import current_app
+
+from common.jobstore import JobStore
+from common.settings import Settings
+from common.storage import Storage
+
+EXTENSION_KEY = "cvjobs"
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: JobStore
+    storage: Storage
+    celery: Celery
+
+
+def services() -> Services:
+    """The current app's services (inside a request)."""
+    found: Services = current_app.extensions[EXTENSION_KEY]
+    return found

@@ -1,0 +1,169 @@
+"""The model registry: a model name -> a loader and a weights path from configuration.
+
+Each worker process loads a model once, on first use or at start-up
+(``load_all``, called after fork so CUDA initialises in the child), and keeps
+it for its lifetime. A model whose weights are missing is *unavailable*, with
+a reason that the API shows; nothing ever stands in for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from celery_worker.errors import ModelUnavailable
+from common.contract import MODEL_MTCNN, MODEL_YOLO_DETECT
+from common.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    task: str
+    loader: Callable[[ModelSpec, str], Any]
+    weights: Path | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LoadedModel:
+    spec: ModelSpec
+    model: Any
+    device: str
+    info: dict[str, Any]
+
+
+def pick_device(preference: str) -> str:
+    """``auto``/``cuda`` -> CUDA when torch sees a GPU, else CPU; anything else as given."""
+    import torch
+
+    if preference in ("auto", "cuda", "gpu"):
+        if torch.cuda.is_available():
+            return "cuda:0"
+        if preference != "auto":
+            log.warning("CV_DEVICE=%s but no CUDA device is visible; using the CPU", preference)
+        return "cpu"
+    return preference
+
+
+def sha256_of(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        with path.open("rb") as stream:
+            while chunk := stream.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+class ModelRegistry:
+    """Loads each configured model at most once per process."""
+
+    def __init__(self, specs: dict[str, ModelSpec], device_preference: str = "auto") -> None:
+        self.specs = specs
+        self.device_preference = device_preference
+        self._loaded: dict[str, LoadedModel] = {}
+        self._errors: dict[str, str] = {}
+
+    def get(self, name: str) -> LoadedModel:
+        if name in self._loaded:
+            return self._loaded[name]
+        spec = self.specs.get(name)
+        if spec is None:
+            raise ModelUnavailable(f"no model named {name!r} is configured on this worker")
+        if spec.weights is not None and not spec.weights.is_file():
+            raise ModelUnavailable(
+                f"model {name!r}: no weights file at {spec.weights}; "
+                "put a YOLO .pt file there or set CV_DETECT_WEIGHTS"
+            )
+        device = pick_device(self.device_preference)
+        try:
+            loaded = spec.loader(spec, device)
+        except (OSError, RuntimeError, ValueError, KeyError, AttributeError) as exc:
+            raise ModelUnavailable(f"model {name!r} failed to load: {exc}") from exc
+        self._loaded[name] = loaded
+        log.info("loaded model %s on %s: %s", name, device, loaded.info)
+        return loaded
+
+    def load_all(self) -> dict[str, dict[str, Any]]:
+        """Load every configured model; returns the availability report for heartbeats."""
+        report: dict[str, dict[str, Any]] = {}
+        for name in self.specs:
+            try:
+                report[name] = {"available": True, **self.get(name).info}
+                self._errors.pop(name, None)
+            except ModelUnavailable as exc:
+                self._errors[name] = str(exc)
+                report[name] = {"available": False, "reason": str(exc)}
+                log.warning("%s", exc)
+        return report
+
+
+def default_specs(settings: Settings) -> dict[str, ModelSpec]:
+    """The models this release knows; weights paths come from settings."""
+    return {
+        MODEL_YOLO_DETECT: ModelSpec(
+            name=MODEL_YOLO_DETECT,
+            task="detect",
+            loader=load_yolo,
+            weights=settings.resolve(settings.detect_weights),
+        ),
+        MODEL_MTCNN: ModelSpec(name=MODEL_MTCNN, task="faces", loader=load_mtcnn),
+    }
+
+
+def configure_ultralytics(config_dir: Path) -> None:
+    """Ultralytics' offline switches; must run before ``import ultralytics``."""
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    os.environ.setdefault("YOLO_AUTOINSTALL", "0")
+    os.environ.setdefault("YOLO_CONFIG_DIR", str(config_dir))
+    Path(os.environ["YOLO_CONFIG_DIR"]).mkdir(parents=True, exist_ok=True)
+
+
+def load_yolo(spec: ModelSpec, device: str) -> LoadedModel:
+    """An Ultralytics YOLO model from an explicit path (never a hub name), warmed up once."""
+    assert spec.weights is not None
+    from ultralytics import YOLO
+
+    model = YOLO(str(spec.weights), task=spec.task)
+    model.predict(np.zeros((64, 64, 3), dtype=np.uint8), imgsz=64, device=device, verbose=False)
+    names = {int(k): str(v) for k, v in model.names.items()}
+    info = {
+        "name": spec.weights.stem,
+        "task": spec.task,
+        "version": f"ultralytics {importlib.metadata.version('ultralytics')}",
+        "weights": str(spec.weights),
+        "weights_sha256": sha256_of([spec.weights]),
+        "device": device,
+        "classes": len(names),
+    }
+    return LoadedModel(spec, model, device, {**info, "names": names})
+
+
+def load_mtcnn(spec: ModelSpec, device: str) -> LoadedModel:
+    """facenet-pytorch's MTCNN with the pretrained weights its wheel ships."""
+    import facenet_pytorch
+    from facenet_pytorch import MTCNN
+
+    model = MTCNN(keep_all=True, device=device)
+    model.detect(np.zeros((64, 64, 3), dtype=np.uint8))
+    data_dir = Path(facenet_pytorch.__file__).parent / "data"
+    weights = sorted(data_dir.glob("[por]net.pt"))
+    info = {
+        "name": "mtcnn",
+        "task": spec.task,
+        "version": f"facenet-pytorch {importlib.metadata.version('facenet-pytorch')}",
+        "weights": str(data_dir),
+        "weights_sha256": sha256_of(weights) if weights else None,
+        "device": device,
+    }
+    return LoadedModel(spec, model, device, info)

@@ -1,0 +1,83 @@
+"""``job_step``: the bookkeeping every step shares.
+
+Before the work: refuse to run for a job that is no longer active (cancelled,
+deleted, expired) and mark the step started. After: record its time and mark it
+finished. On failure: mark the job failed with a reason (see ``errors``). A
+step runs again from scratch when its worker dies (acks_late), so steps only
+write whole files under fixed names: running twice gives the same result.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from celery.exceptions import Ignore, SoftTimeLimitExceeded
+
+from celery_worker.app import app, context
+from celery_worker.errors import JobGone, StepFailed
+from celery_worker.context import WorkerContext
+from common.contract import Payload
+
+StepFunction = Callable[[WorkerContext, Payload], Payload]
+
+
+def job_step(task_name: str, step: str, final: bool = False) -> Callable[[StepFunction], Any]:
+    """Register ``fn(ctx, payload) -> payload`` as the Celery task ``task_name``.
+
+    A ``final`` step ends the job itself (``store.succeed``) and raises ``JobGone``
+    when that finds the job cancelled.
+    """
+
+    def decorate(fn: StepFunction) -> Any:
+        @app.task(
+            name=task_name,
+            bind=True,
+            autoretry_for=(redis.ConnectionError, redis.TimeoutError),
+            retry_backoff=True,
+            retry_backoff_max=30,
+            max_retries=8,
+        )
+        @functools.wraps(fn)
+        def run(self: Any, payload: Payload) -> Payload:
+            job_id = payload["job_id"]
+            store = context.store
+            if not store.step_started(job_id, step):
+                _forget(job_id)
+                raise Ignore()
+            started = time.perf_counter()
+            try:
+                out = fn(context, payload)
+            except JobGone:
+                _forget(job_id)
+                raise Ignore() from None
+            except StepFailed as exc:
+                store.fail(job_id, step, exc.kind, str(exc))
+                raise Ignore() from None
+            except SoftTimeLimitExceeded:
+                limit = context.settings.step_time_limit_seconds
+                store.fail(job_id, step, "timeout", f"the {step} step ran over {limit} s")
+                raise Ignore() from None
+            except (redis.ConnectionError, redis.TimeoutError):
+                raise
+            except Exception as exc:
+                store.fail(job_id, step, "internal", f"{type(exc).__name__}: {exc}")
+                raise
+            out.setdefault("timings", {})[step] = round(time.perf_counter() - started, 4)
+            if not final and not store.step_finished(job_id, step):
+                _forget(job_id)
+                raise Ignore()
+            return out
+
+        return run
+
+    return decorate
+
+
+def _forget(job_id: str) -> None:
+    """A cancelled or vanished job's files go (the API removed them; a step may have re-made some)."""
+    if context.store.state(job_id) in (None, "cancelled"):
+        context.storage.remove_job(job_id)

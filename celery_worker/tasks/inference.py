@@ -1,0 +1,52 @@
+"""The ``inference`` queue (the GPU worker; CPU where there is none)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from celery_worker.adapters import from_mtcnn, from_ultralytics
+from celery_worker.context import WorkerContext
+from celery_worker.errors import InputError
+from celery_worker.steps import job_step
+from common.contract import (
+    MODEL_MTCNN,
+    MODEL_YOLO_DETECT,
+    TASK_INFER_DETECT,
+    TASK_INFER_FACES,
+    Payload,
+)
+
+
+def _model_input(ctx: WorkerContext, payload: Payload) -> np.ndarray:
+    try:
+        return np.load(ctx.storage.path(payload["model_input_key"]), allow_pickle=False)
+    except FileNotFoundError as exc:
+        raise InputError("the preprocessed image is missing from storage") from exc
+
+
+@job_step(TASK_INFER_DETECT, "inference")
+def infer_detect(ctx: WorkerContext, payload: Payload) -> Payload:
+    """YOLO on the letterboxed image; boxes stay in model-input pixels until postprocess."""
+    loaded = ctx.models.get(MODEL_YOLO_DETECT)
+    options = payload["options"]
+    image = _model_input(ctx, payload)
+    results = loaded.model.predict(
+        image,
+        imgsz=int(options["image_size"]),
+        conf=float(options["confidence"]),
+        iou=float(options["iou"]),
+        max_det=int(options["max_detections"]),
+        classes=options.get("classes") or None,
+        device=loaded.device,
+        verbose=False,
+    )
+    return {**payload, "raw": from_ultralytics(results[0]), "model": loaded.info}
+
+
+@job_step(TASK_INFER_FACES, "inference")
+def infer_faces(ctx: WorkerContext, payload: Payload) -> Payload:
+    """MTCNN on the RGB image: every candidate face with its probability and landmarks."""
+    loaded = ctx.models.get(MODEL_MTCNN)
+    image = _model_input(ctx, payload)
+    boxes, probs, landmarks = loaded.model.detect(image, landmarks=True)
+    return {**payload, "raw": from_mtcnn(boxes, probs, landmarks), "model": loaded.info}

@@ -1,0 +1,131 @@
+"""The ``postprocess`` queue (CPU): map back, draw or blur, encode, write the result."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from celery_worker.context import WorkerContext
+from celery_worker.errors import JobGone
+from celery_worker.imaging import decode_image, draw_detections, encode, hide_regions, unletterbox
+from celery_worker.janitor import purge_expired
+from celery_worker.steps import job_step
+from common.contract import (
+    TASK_POSTPROCESS_BLUR,
+    TASK_POSTPROCESS_DETECT,
+    Payload,
+    artifact_content_type,
+)
+
+log = logging.getLogger(__name__)
+JANITOR_EVERY_SECONDS = 600
+
+
+@job_step(TASK_POSTPROCESS_DETECT, "postprocess", final=True)
+def postprocess_detect(ctx: WorkerContext, payload: Payload) -> Payload:
+    """Boxes to original pixels, the annotated image, the result document."""
+    started = time.perf_counter()
+    options, raw = payload["options"], payload["raw"]
+    names = payload["model"].get("names", {})
+    width, height = payload["image"]["width"], payload["image"]["height"]
+    boxes = unletterbox(np.asarray(raw["boxes"]), payload["letterbox"], width, height)
+    detections = [
+        {
+            "box": [round(float(v), 3) for v in box],
+            "confidence": round(float(score), 6),
+            "class_id": int(cls),
+            "class_name": str(names.get(str(cls), names.get(cls, str(cls)))),
+        }
+        for box, score, cls in zip(boxes, raw["scores"], raw["classes"], strict=True)
+    ]
+    image = decode_image(ctx.storage.path(payload["input_key"]), ctx.settings.max_image_pixels)
+    labels = [f"{d['class_name']} {d['confidence']:.2f}" for d in detections]
+    annotated = draw_detections(image, boxes, labels, bool(options["draw_labels"]))
+    artifact = _write_artifact(ctx, payload, "annotated", annotated, options["output_format"])
+    return _finish(ctx, payload, detections, [artifact], started)
+
+
+@job_step(TASK_POSTPROCESS_BLUR, "postprocess", final=True)
+def postprocess_blur(ctx: WorkerContext, payload: Payload) -> Payload:
+    """Faces over the threshold, widened by the margin, hidden in the original image."""
+    started = time.perf_counter()
+    options, raw = payload["options"], payload["raw"]
+    width, height = payload["image"]["width"], payload["image"]["height"]
+    scale = payload["letterbox"]["scale"]
+    keep = [i for i, p in enumerate(raw["scores"]) if p >= float(options["min_confidence"])]
+    boxes = np.asarray([raw["boxes"][i] for i in keep], dtype=float).reshape(-1, 4) / scale
+    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)
+    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
+    landmarks = [np.asarray(raw["landmarks"][i], dtype=float) / scale for i in keep]
+    detections = [
+        {
+            "box": [round(float(v), 3) for v in box],
+            "confidence": round(float(raw["scores"][i]), 6),
+            "class_id": 0,
+            "class_name": "face",
+            "landmarks": [[round(float(x), 2), round(float(y), 2)] for x, y in marks],
+        }
+        for box, i, marks in zip(boxes, keep, landmarks, strict=True)
+    ]
+    image = decode_image(ctx.storage.path(payload["input_key"]), ctx.settings.max_image_pixels)
+    hidden = hide_regions(
+        image,
+        widen(boxes, float(options["margin"]), width, height),
+        str(options["blur_method"]),
+        int(options["blur_strength"]),
+    )
+    artifact = _write_artifact(ctx, payload, "blurred", hidden, options["output_format"])
+    return _finish(ctx, payload, detections, [artifact], started)
+
+
+def widen(boxes: np.ndarray, margin: float, width: int, height: int) -> np.ndarray:
+    """Each xyxy box grown by ``margin`` of its size on every side, clipped to the image."""
+    out = boxes.copy()
+    dx = (out[:, 2] - out[:, 0]) * margin
+    dy = (out[:, 3] - out[:, 1]) * margin
+    out[:, 0], out[:, 2] = (out[:, 0] - dx).clip(0, width), (out[:, 2] + dx).clip(0, width)
+    out[:, 1], out[:, 3] = (out[:, 1] - dy).clip(0, height), (out[:, 3] + dy).clip(0, height)
+    return out
+
+
+def _write_artifact(
+    ctx: WorkerContext, payload: Payload, stem: str, image: np.ndarray, fmt: str
+) -> dict[str, Any]:
+    name = f"{stem}.{'png' if fmt == 'png' else 'jpg'}"
+    data = encode(image, fmt)
+    ctx.storage.write_bytes(ctx.storage.key(payload["job_id"], "artifacts", name), data)
+    return {"name": name, "content_type": artifact_content_type(name), "bytes": len(data)}
+
+
+def _finish(
+    ctx: WorkerContext,
+    payload: Payload,
+    detections: list[dict[str, Any]],
+    artifacts: list[dict[str, Any]],
+    started: float,
+) -> Payload:
+    job_id = payload["job_id"]
+    timings = {**payload.get("timings", {}), "postprocess": round(time.perf_counter() - started, 4)}
+    model = {k: v for k, v in payload["model"].items() if k != "names"}
+    result = {
+        "job_id": job_id,
+        "pipeline": payload["pipeline"],
+        "image": payload["image"],
+        "model": model,
+        "options": payload["options"],
+        "detections": detections,
+        "artifacts": [
+            {**a, "href": f"/v1/jobs/{job_id}/artifacts/{a['name']}"} for a in artifacts
+        ],
+        "timings": timings,
+    }
+    if not ctx.store.succeed(job_id, "postprocess", result, artifacts):
+        raise JobGone(job_id)
+    if ctx.store.claim_janitor_run(JANITOR_EVERY_SECONDS):
+        purged = purge_expired(ctx.store, ctx.storage)
+        if purged:
+            log.info("janitor removed %d expired jobs", purged)
+    return {"job_id": job_id, "pipeline": payload["pipeline"], "timings": timings}

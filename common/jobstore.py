@@ -1,0 +1,272 @@
+"""Job records and results in Redis.
+
+Keys (prefix ``cv`` by default; human-readable, so they browse well in RedisInsight):
+
+- ``cv:job:<id>``: hash, one field per attribute; nested values are JSON strings.
+- ``cv:result:<id>``: the result document, a JSON string.
+- ``cv:jobs``: sorted set of every job id, scored by submission time (newest-first lists).
+- ``cv:jobs:<state>``: the same, one set per state, for filtered lists.
+- ``cv:worker:<name>``: JSON heartbeat of an inference worker process (models it holds).
+
+Records and results expire after the configured TTL. State changes go through
+``_transition``, a WATCH/MULTI transaction that refuses to leave a terminal
+state, so a worker finishing late can never revive a cancelled job.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+
+from common.contract import ACTIVE_STATES, JOB_STATES, TERMINAL_STATES, JobState, Pipeline
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+class JobStore:
+    """Reads and writes job state; shared by the API and the workers."""
+
+    def __init__(self, client: redis.Redis, prefix: str = "cv", ttl_seconds: int = 7 * 86400):
+        self.redis = client
+        self.prefix = prefix
+        self.ttl = ttl_seconds
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str, ttl_seconds: int) -> JobStore:
+        client = redis.Redis.from_url(
+            url, decode_responses=True, socket_connect_timeout=2, socket_timeout=5
+        )
+        return cls(client, prefix, ttl_seconds)
+
+    # keys -----------------------------------------------------------------
+    def job_key(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    def result_key(self, job_id: str) -> str:
+        return f"{self.prefix}:result:{job_id}"
+
+    def index_key(self, state: str | None = None) -> str:
+        return f"{self.prefix}:jobs" if state is None else f"{self.prefix}:jobs:{state}"
+
+    def worker_key(self, name: str) -> str:
+        return f"{self.prefix}:worker:{name}"
+
+    # create / read --------------------------------------------------------
+    def create(
+        self,
+        job_id: str,
+        pipeline: Pipeline,
+        options: dict[str, Any],
+        input_info: dict[str, Any],
+        task_ids: Sequence[str],
+    ) -> dict[str, Any]:
+        """Record a new queued job; returns the record as ``get`` would."""
+        submitted = time.time()
+        record = {
+            "id": job_id,
+            "pipeline": pipeline.name,
+            "state": "queued",
+            "step": "",
+            "options": json.dumps(options),
+            "input": json.dumps(input_info),
+            "submitted_at": datetime.fromtimestamp(submitted, UTC).isoformat(
+                timespec="milliseconds"
+            ),
+            "submitted_ts": repr(submitted),
+            "updated_at": now_iso(),
+            "finished_at": "",
+            "steps": json.dumps(
+                [
+                    {"name": s.name, "queue": s.queue, "started_at": None, "finished_at": None}
+                    for s in pipeline.steps
+                ]
+            ),
+            "task_ids": json.dumps(list(task_ids)),
+            "error": "",
+            "artifacts": "[]",
+        }
+        key = self.job_key(job_id)
+        with self.redis.pipeline() as pipe:
+            pipe.hset(key, mapping=record)
+            pipe.expire(key, self.ttl)
+            pipe.zadd(self.index_key(), {job_id: submitted})
+            pipe.zadd(self.index_key("queued"), {job_id: submitted})
+            pipe.execute()
+        return _decode(record)
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        raw = self.redis.hgetall(self.job_key(job_id))
+        return _decode(raw) if raw else None
+
+    def state(self, job_id: str) -> str | None:
+        value = self.redis.hget(self.job_key(job_id), "state")
+        return str(value) if value is not None else None
+
+    def get_result(self, job_id: str) -> dict[str, Any] | None:
+        raw = self.redis.get(self.result_key(job_id))
+        return json.loads(str(raw)) if raw is not None else None
+
+    def list(
+        self, state: str | None = None, limit: int = 50, offset: int = 0
+    ) -> tuple[list[dict[str, Any]], int]:
+        """One page of jobs, newest first, and the total matching count."""
+        index = self.index_key(state)
+        ids = self.redis.zrevrange(index, offset, offset + limit - 1)
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hgetall(self.job_key(job_id))
+            raws = pipe.execute()
+        records = []
+        gone = []
+        for job_id, raw in zip(ids, raws, strict=True):
+            if raw:
+                records.append(_decode(raw))
+            else:  # expired by its TTL; the janitor removes its files
+                gone.append(job_id)
+        if gone:
+            self._unindex(gone)
+        return records, int(self.redis.zcard(index)) - len(gone)
+
+    # state changes ----------------------------------------------------------
+    def step_started(self, job_id: str, step: str) -> bool:
+        """Mark ``step`` running. False when the job is gone, cancelled or failed."""
+
+        def update(record: dict[str, Any]) -> dict[str, str]:
+            steps = _mark_step(record["steps"], step, "started_at")
+            return {"step": step, "steps": json.dumps(steps)}
+
+        return self._transition(job_id, ACTIVE_STATES, "running", update)
+
+    def step_finished(self, job_id: str, step: str) -> bool:
+        def update(record: dict[str, Any]) -> dict[str, str]:
+            return {"steps": json.dumps(_mark_step(record["steps"], step, "finished_at"))}
+
+        return self._transition(job_id, ("running",), "running", update)
+
+    def succeed(
+        self, job_id: str, step: str, result: dict[str, Any], artifacts: list[dict[str, Any]]
+    ) -> bool:
+        """Store the result, finish ``step`` and mark the job succeeded (unless cancelled)."""
+
+        def update(record: dict[str, Any]) -> dict[str, str]:
+            return {
+                "step": "",
+                "finished_at": now_iso(),
+                "steps": json.dumps(_mark_step(record["steps"], step, "finished_at")),
+                "artifacts": json.dumps(artifacts),
+            }
+
+        done = self._transition(job_id, ACTIVE_STATES, "succeeded", update)
+        if done:
+            self.redis.set(self.result_key(job_id), json.dumps(result), ex=self.ttl)
+        return done
+
+    def fail(self, job_id: str, step: str | None, kind: str, detail: str) -> bool:
+        error = {"step": step, "kind": kind, "detail": detail}
+
+        def update(record: dict[str, Any]) -> dict[str, str]:
+            return {"step": "", "finished_at": now_iso(), "error": json.dumps(error)}
+
+        return self._transition(job_id, ACTIVE_STATES, "failed", update)
+
+    def cancel(self, job_id: str) -> bool:
+        def update(record: dict[str, Any]) -> dict[str, str]:
+            return {"step": "", "finished_at": now_iso()}
+
+        return self._transition(job_id, ACTIVE_STATES, "cancelled", update)
+
+    def delete(self, job_id: str) -> None:
+        with self.redis.pipeline() as pipe:
+            pipe.delete(self.job_key(job_id), self.result_key(job_id))
+            pipe.execute()
+        self._unindex([job_id])
+
+    def _transition(
+        self,
+        job_id: str,
+        allowed_from: Iterable[str],
+        new_state: JobState,
+        update: Any,
+    ) -> bool:
+        key = self.job_key(job_id)
+        allowed = set(allowed_from)
+
+        def attempt(pipe: Any) -> bool:
+            raw = pipe.hgetall(key)
+            if not raw or raw.get("state") not in allowed:
+                return False
+            record = _decode(raw)
+            fields = update(record)
+            fields.update(state=new_state, updated_at=now_iso())
+            pipe.multi()
+            pipe.hset(key, mapping=fields)
+            if raw["state"] != new_state:
+                score = float(raw.get("submitted_ts") or time.time())
+                pipe.zrem(self.index_key(raw["state"]), job_id)
+                pipe.zadd(self.index_key(new_state), {job_id: score})
+            return True
+
+        return bool(self.redis.transaction(attempt, key, value_from_callable=True))
+
+    def _unindex(self, job_ids: Sequence[str]) -> None:
+        with self.redis.pipeline() as pipe:
+            for index in [self.index_key()] + [self.index_key(s) for s in JOB_STATES]:
+                pipe.zrem(index, *job_ids)
+            pipe.execute()
+
+    # expiry -----------------------------------------------------------------
+    def expired_ids(self, now: float | None = None, limit: int = 500) -> list[str]:
+        """Ids submitted longer than the TTL ago (their records are gone or about to go)."""
+        cutoff = (now if now is not None else time.time()) - self.ttl
+        return [str(i) for i in self.redis.zrangebyscore(self.index_key(), "-inf", cutoff, 0, limit)]
+
+    def claim_janitor_run(self, every_seconds: int) -> bool:
+        """True for at most one caller per period, across all processes."""
+        return bool(self.redis.set(f"{self.prefix}:janitor", now_iso(), nx=True, ex=every_seconds))
+
+    # worker reports -----------------------------------------------------------
+    def report_worker(self, name: str, info: dict[str, Any], ttl_seconds: int) -> None:
+        self.redis.set(self.worker_key(name), json.dumps(info), ex=ttl_seconds)
+
+    def workers(self) -> list[dict[str, Any]]:
+        keys = list(self.redis.scan_iter(match=self.worker_key("*"), count=200))
+        if not keys:
+            return []
+        return [json.loads(v) for v in self.redis.mget(keys) if v]
+
+    def ping(self) -> bool:
+        return bool(self.redis.ping())
+
+
+_JSON_FIELDS = ("options", "input", "steps", "task_ids", "artifacts", "error")
+
+
+def _decode(raw: dict[str, Any]) -> dict[str, Any]:
+    record: dict[str, Any] = dict(raw)
+    for name in _JSON_FIELDS:
+        value = record.get(name)
+        record[name] = json.loads(value) if value else None
+    for name in ("step", "finished_at"):
+        record[name] = record.get(name) or None
+    record.pop("submitted_ts", None)
+    return record
+
+
+def _mark_step(steps: list[dict[str, Any]], step: str, field: str) -> list[dict[str, Any]]:
+    for entry in steps:
+        if entry["name"] == step:
+            entry[field] = now_iso()
+            if field == "started_at":
+                entry["finished_at"] = None
+    return steps
+
+
+def is_terminal(state: str | None) -> bool:
+    return state in TERMINAL_STATES

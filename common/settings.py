@@ -1,0 +1,82 @@
+"""One Settings object per process, read from the environment (and `.env`).
+
+Both the API and the workers build it once in their factory and pass it down;
+nothing else reads ``os.environ`` for configuration.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from dotenv import dotenv_values
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class SettingsError(ValueError):
+    """A configuration value is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the service. Environment names are ``CV_`` + the field name upper-cased."""
+
+    broker_url: str = "amqp://guest:guest@127.0.0.1:5672//"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    storage_dir: Path = Path("var/storage")
+    models_dir: Path = Path("models")
+    detect_weights: Path = Path("models/yolov8n.pt")
+    device: str = "auto"
+    max_upload_bytes: int = 25 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    job_ttl_seconds: int = 7 * 24 * 3600
+    step_time_limit_seconds: int = 300
+    # Key prefix in Redis; lets several deployments (or the test suite) share one Redis.
+    redis_prefix: str = "cv"
+    # Seconds a publish may keep retrying a lost broker before the API answers 503.
+    publish_timeout_seconds: float = 2.0
+    # Seconds a worker's model report stays valid without a refresh.
+    worker_heartbeat_seconds: int = 30
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, env_file: Path | None = None
+    ) -> Settings:
+        """Build settings from ``environ`` (default ``os.environ``) over the ``.env`` file.
+
+        Real environment variables win over `.env`, so a deployment can override a
+        single value without editing the file. Relative paths are taken from the
+        repository root, not the current directory.
+        """
+        env_file = env_file if env_file is not None else REPO_ROOT / ".env"
+        values: dict[str, str] = {}
+        if env_file.is_file():
+            values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+        values.update(os.environ if environ is None else environ)
+        kwargs: dict[str, object] = {}
+        for field in fields(cls):
+            raw = values.get("CV_" + field.name.upper())
+            if raw is None or raw == "":
+                continue
+            kwargs[field.name] = _convert(field.name, field.type, raw)
+        return cls(**kwargs)  # type: ignore[arg-type]
+
+    def resolve(self, path: Path) -> Path:
+        """An absolute path: relative ones are taken from the repository root."""
+        return path if path.is_absolute() else REPO_ROOT / path
+
+
+def _convert(name: str, type_name: object, raw: str) -> object:
+    try:
+        if type_name in ("int", int):
+            return int(raw)
+        if type_name in ("float", float):
+            return float(raw)
+        if type_name in ("Path", Path):
+            return Path(raw)
+    except ValueError as exc:
+        raise SettingsError(f"CV_{name.upper()}={raw!r}: {exc}") from exc
+    return raw

@@ -1,0 +1,92 @@
+"""Files of a job on disk: the upload, intermediate arrays and the artifacts.
+
+Every file lives under ``<storage_dir>/jobs/<job_id>/``; a storage key is the
+path relative to ``storage_dir``. Keys, not bytes, travel in task messages, so
+all hosts running workers must mount the same storage directory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import BinaryIO
+
+_JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class StorageKeyError(ValueError):
+    """A key or name that would leave the job's directory."""
+
+
+class Storage:
+    """The storage directory; all paths it hands out stay inside it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def job_dir(self, job_id: str) -> Path:
+        if not _JOB_ID.match(job_id):
+            raise StorageKeyError(f"not a job id: {job_id!r}")
+        return self.root / "jobs" / job_id
+
+    def key(self, job_id: str, *parts: str) -> str:
+        """The storage key of ``parts`` (e.g. ``"artifacts", "blurred.jpg"``) of a job."""
+        for part in parts:
+            if not _NAME.match(part):
+                raise StorageKeyError(f"bad file name: {part!r}")
+        return "/".join(("jobs", self.job_dir(job_id).name, *parts))
+
+    def path(self, key: str) -> Path:
+        """The absolute path of a key; refuses keys that escape the storage directory."""
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root.resolve()):
+            raise StorageKeyError(f"key outside storage: {key!r}")
+        return path
+
+    def write_stream(self, key: str, stream: BinaryIO, chunk_size: int = 1 << 20) -> int:
+        """Copy ``stream`` to ``key`` atomically (temp file + rename); returns bytes written."""
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        written = 0
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".upload-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                while chunk := stream.read(chunk_size):
+                    out.write(chunk)
+                    written += len(chunk)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return written
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        """Write ``data`` to ``key`` atomically, so a reader never sees half a file."""
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".write-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def artifact_path(self, job_id: str, name: str) -> Path:
+        return self.path(self.key(job_id, "artifacts", name))
+
+    def remove_job(self, job_id: str) -> None:
+        """Delete every file of a job (no error when there are none)."""
+        shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+
+    def job_ids(self) -> list[str]:
+        """Ids of the jobs that have files, for the janitor."""
+        jobs = self.root / "jobs"
+        if not jobs.is_dir():
+            return []
+        return [p.name for p in jobs.iterdir() if _JOB_ID.match(p.name)]
