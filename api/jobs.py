@@ -7,6 +7,7 @@ upload and the job record are removed again before the 503 goes out.
 from __future__ import annotations
 
 import logging
+import os
 import uuid
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -38,6 +39,11 @@ def submit(
     """Validate, store, record and queue a job; returns its record."""
     pipeline = get_pipeline(str(fields.get("pipeline", "")))
     options = resolve_options(pipeline, fields)
+    size = stream.seek(0, os.SEEK_END)
+    if size > svc.settings.max_upload_bytes:
+        raise PayloadTooLarge(
+            f"the file is {size} bytes; the limit is {svc.settings.max_upload_bytes}"
+        )
     header = _inspect(stream, svc.settings.max_image_pixels)
     refuse_if_unavailable(svc, pipeline)
 
@@ -45,10 +51,6 @@ def submit(
     input_key = svc.storage.key(job_id, "input" + header.extension)
     try:
         size = svc.storage.write_stream(input_key, stream)
-        if size > svc.settings.max_upload_bytes:
-            raise PayloadTooLarge(
-                f"the file is {size} bytes; the limit is {svc.settings.max_upload_bytes}"
-            )
         input_info = {
             "key": input_key,
             "filename": Path(filename or "upload").name[:200],

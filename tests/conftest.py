@@ -1,0 +1,130 @@
+"""Fixtures: tiny unit-test apps, and the real stack (RabbitMQ, Redis, workers, gunicorn).
+
+The real-stack fixtures are session-scoped and start only when a test asks for
+them; every process they start is stopped at the end of the session.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from common.settings import Settings
+from tests.support import stack
+from tests.support.jobs import wait_until
+
+UNREACHABLE = {
+    "CV_BROKER_URL": "amqp://guest:guest@127.0.0.1:1//",
+    "CV_REDIS_URL": "redis://127.0.0.1:1/0",
+    "CV_PUBLISH_TIMEOUT_SECONDS": "0.5",
+}
+NO_ENV_FILE = Path("/nonexistent/.env")
+
+
+@pytest.fixture(scope="session")
+def assets() -> Path:
+    """Real photos shipped inside the ultralytics wheel (found without importing it)."""
+    spec = importlib.util.find_spec("ultralytics")
+    assert spec is not None and spec.submodule_search_locations
+    return Path(next(iter(spec.submodule_search_locations))) / "assets"
+
+
+@pytest.fixture
+def offline_settings(tmp_path: Path) -> Settings:
+    """Settings whose RabbitMQ and Redis do not answer (port 1)."""
+    env = {**UNREACHABLE, "CV_STORAGE_DIR": str(tmp_path / "storage")}
+    return Settings.from_env(env, env_file=NO_ENV_FILE)
+
+
+@pytest.fixture
+def offline_client(offline_settings: Settings) -> Any:
+    from api.app import create_app
+
+    return create_app(offline_settings).test_client()
+
+
+# --- the real stack ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def stack_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("stack")
+
+
+@pytest.fixture(scope="session")
+def yolo_weights(stack_dir: Path, assets: Path) -> Path:
+    from tests.support.yolo import build_firing_yolo
+
+    return build_firing_yolo(
+        stack_dir / "models" / "yolov8n-test.pt", [assets / "bus.jpg", assets / "zidane.jpg"]
+    )
+
+
+@pytest.fixture(scope="session")
+def stack_env(stack_dir: Path, yolo_weights: Path) -> Iterator[dict[str, str]]:
+    stack.require_servers()
+    stack.fresh_vhost()
+    env = stack.stack_environment(stack_dir, yolo_weights)
+    yield env
+    client = redis.Redis.from_url(env["CV_REDIS_URL"])
+    keys = list(client.scan_iter(match=env["CV_REDIS_PREFIX"] + ":*"))
+    if keys:
+        client.delete(*keys)
+
+
+@pytest.fixture(scope="session")
+def stack_settings(stack_env: dict[str, str]) -> Settings:
+    return Settings.from_env(stack_env, env_file=NO_ENV_FILE)
+
+
+@pytest.fixture(scope="session")
+def workers(stack_env: dict[str, str], stack_settings: Settings, stack_dir: Path) -> Iterator[
+    dict[str, subprocess.Popen[bytes]]
+]:
+    """One real Celery worker per queue; ready once the inference one reports its models."""
+    from common.jobstore import JobStore
+
+    logs = stack_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    processes = {q: stack.start_worker(q, stack_env, logs) for q in stack.QUEUES}
+    store = JobStore.from_url(stack_settings.redis_url, stack_settings.redis_prefix, 60)
+    try:
+
+        def ready() -> bool:
+            for queue, process in processes.items():
+                if process.poll() is not None:
+                    log = (logs / f"worker-{queue}.log").read_text()[-3000:]
+                    raise RuntimeError(f"worker {queue} exited: {log}")
+            reports = store.workers()
+            return bool(reports) and all(
+                m.get("available") for r in reports for m in r["models"].values()
+            )
+
+        wait_until(ready, 120, "the inference worker to load its models")
+        yield processes
+    finally:
+        for process in processes.values():
+            stack.stop(process)
+
+
+@pytest.fixture(scope="session")
+def api_client(stack_settings: Settings, workers: Any) -> Any:
+    """The API in-process (Starlette test client) against the real RabbitMQ, Redis, workers."""
+    from api.app import create_app
+
+    return create_app(stack_settings).test_client()
+
+
+@pytest.fixture(scope="session")
+def http_api(stack_env: dict[str, str], workers: Any, stack_dir: Path) -> Iterator[str]:
+    """Base URL of a real gunicorn server in front of the same stack."""
+    logs = stack_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    with stack.gunicorn(stack_env, logs) as base:
+        yield base

@@ -1,0 +1,81 @@
+"""Chain building: order, queues and task ids, on the memory:// broker (no RabbitMQ)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from kombu import Connection
+
+from api.chains import build_chain, step_task_ids
+from common.celery_app import celery_config, make_celery
+from common.contract import PIPELINES, QUEUES, TASK_ROUTES, Payload
+from common.settings import Settings
+
+JOB = "0123456789abcdef0123456789abcdef"
+
+
+@pytest.fixture
+def memory_app() -> Any:
+    app = make_celery(replace(Settings(), broker_url="memory://"))
+    yield app
+    app.close()
+
+
+@pytest.mark.parametrize("name", list(PIPELINES))
+def test_chain_runs_the_steps_in_order_each_on_its_queue(name: str, memory_app: Any) -> None:
+    pipeline = PIPELINES[name]
+    payload: Payload = {"job_id": JOB, "pipeline": name, "options": pipeline.defaults()}
+    chain = build_chain(memory_app, pipeline, payload, step_task_ids(JOB, pipeline))
+    tasks = chain.tasks
+    assert [t.task for t in tasks] == [s.task for s in pipeline.steps]
+    assert [t.options["queue"] for t in tasks] == ["preprocess", "inference", "postprocess"]
+    assert [t.options["task_id"] for t in tasks] == [f"{JOB}-{s.name}" for s in pipeline.steps]
+    assert tasks[0].args == (payload,)
+    assert all(t.args == () for t in tasks[1:])
+
+
+def test_publishing_puts_the_first_step_on_preprocess_with_the_rest_attached(
+    memory_app: Any,
+) -> None:
+    pipeline = PIPELINES["detect"]
+    payload: Payload = {"job_id": JOB, "pipeline": "detect", "options": pipeline.defaults()}
+    build_chain(memory_app, pipeline, payload, step_task_ids(JOB, pipeline)).apply_async()
+    with Connection("memory://") as conn:
+        message = conn.SimpleQueue("preprocess").get(timeout=2)
+        assert message.headers["task"] == "cv.preprocess.image"
+        assert message.headers["id"] == f"{JOB}-preprocess"
+        args, _kwargs, embed = message.decode()
+        assert args == [payload]
+        rest = embed["chain"]  # stored last-first
+        assert [(s["task"], s["options"]["queue"]) for s in reversed(rest)] == [
+            ("cv.inference.detect", "inference"),
+            ("cv.postprocess.detect", "postprocess"),
+        ]
+        message.ack()
+        for queue in ("inference", "postprocess"):
+            assert conn.SimpleQueue(queue).qsize() == 0
+
+
+def test_task_ids_must_match_steps(memory_app: Any) -> None:
+    with pytest.raises(ValueError, match="one task id per step"):
+        build_chain(memory_app, PIPELINES["detect"], {"job_id": JOB}, ["only-one"])
+
+
+def test_delivery_guarantees_are_configured() -> None:
+    config = celery_config(Settings())
+    assert config["task_acks_late"] and config["task_reject_on_worker_lost"]
+    assert config["worker_prefetch_multiplier"] == 1
+    assert config["broker_transport_options"]["confirm_publish"] is True
+    assert config["task_default_delivery_mode"] == "persistent"
+    assert [q.name for q in config["task_queues"]] == list(QUEUES)
+    assert all(q.durable for q in config["task_queues"])
+
+
+@pytest.mark.parametrize("step", [s for p in PIPELINES.values() for s in p.steps])
+def test_routes_send_each_task_to_its_steps_queue(step: Any) -> None:
+    from fnmatch import fnmatch
+
+    routed = [r["queue"] for pattern, r in TASK_ROUTES.items() if fnmatch(step.task, pattern)]
+    assert routed == [step.queue]
