@@ -118,7 +118,10 @@ class JobStore:
     ) -> tuple[list[dict[str, Any]], int]:
         """One page of jobs, newest first, and the total matching count."""
         index = self.index_key(state)
-        ids = self.redis.zrevrange(index, offset, offset + limit - 1)
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrevrange(index, offset, offset + limit - 1)
+            pipe.zcard(index)
+            ids, total = pipe.execute()
         with self.redis.pipeline(transaction=False) as pipe:
             for job_id in ids:
                 pipe.hgetall(self.job_key(job_id))
@@ -132,7 +135,7 @@ class JobStore:
                 gone.append(job_id)
         if gone:
             self._unindex(gone)
-        return records, int(self.redis.zcard(index)) - len(gone)
+        return records, int(total) - len(gone)
 
     # state changes ----------------------------------------------------------
     def step_started(self, job_id: str, step: str) -> bool:

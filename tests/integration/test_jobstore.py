@@ -1,0 +1,127 @@
+"""The Redis job store against the real Redis: records, lists, transitions, expiry."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from celery_worker.janitor import purge_expired
+from common.contract import PIPELINES
+from common.jobstore import JobStore
+from common.storage import Storage
+from tests.support.stack import require_servers
+
+pytestmark = pytest.mark.broker
+
+
+@pytest.fixture
+def store() -> Iterator[JobStore]:
+    require_servers()
+    client = redis.Redis(host="127.0.0.1", port=6379, db=1, decode_responses=True)
+    prefix = f"cvtest-store-{uuid.uuid4().hex[:8]}"
+    yield JobStore(client, prefix, ttl_seconds=3600)
+    keys = list(client.scan_iter(match=prefix + ":*"))
+    if keys:
+        client.delete(*keys)
+
+
+def new_job(store: JobStore, pipeline: str = "detect") -> str:
+    job_id = uuid.uuid4().hex
+    store.create(job_id, PIPELINES[pipeline], {"a": 1}, {"key": "k", "bytes": 3}, ["t1", "t2", "t3"])
+    return job_id
+
+
+def test_record_round_trip_is_readable(store: JobStore) -> None:
+    job_id = new_job(store)
+    record = store.get(job_id)
+    assert record is not None
+    assert record["state"] == "queued" and record["step"] is None
+    assert record["options"] == {"a": 1}
+    assert [s["name"] for s in record["steps"]] == ["preprocess", "inference", "postprocess"]
+    raw = store.redis.hgetall(store.job_key(job_id))
+    assert raw["state"] == "queued" and raw["pipeline"] == "detect"  # plain strings for RedisInsight
+    assert 0 < store.redis.ttl(store.job_key(job_id)) <= 3600
+
+
+def test_steps_then_success(store: JobStore) -> None:
+    job_id = new_job(store)
+    assert store.step_started(job_id, "preprocess")
+    assert store.get(job_id)["step"] == "preprocess"  # type: ignore[index]
+    assert store.step_finished(job_id, "preprocess")
+    assert store.step_started(job_id, "inference")
+    assert store.step_finished(job_id, "inference")
+    assert store.step_started(job_id, "postprocess")
+    assert store.succeed(job_id, "postprocess", {"answer": 42}, [{"name": "a.jpg"}])
+    record = store.get(job_id)
+    assert record is not None and record["state"] == "succeeded"
+    assert all(s["started_at"] and s["finished_at"] for s in record["steps"])
+    assert store.get_result(job_id) == {"answer": 42}
+    assert 0 < store.redis.ttl(store.result_key(job_id)) <= 3600
+
+
+def test_terminal_states_are_final(store: JobStore) -> None:
+    job_id = new_job(store)
+    assert store.cancel(job_id)
+    assert not store.step_started(job_id, "preprocess")
+    assert not store.succeed(job_id, "postprocess", {}, [])
+    assert not store.fail(job_id, "inference", "internal", "late")
+    assert store.state(job_id) == "cancelled"
+    assert store.get_result(job_id) is None
+
+
+def test_failure_keeps_the_reason(store: JobStore) -> None:
+    job_id = new_job(store)
+    store.step_started(job_id, "preprocess")
+    assert store.fail(job_id, "preprocess", "input", "corrupt")
+    record = store.get(job_id)
+    assert record is not None
+    assert record["error"] == {"step": "preprocess", "kind": "input", "detail": "corrupt"}
+
+
+def test_list_is_newest_first_paginated_and_filtered(store: JobStore) -> None:
+    ids = [new_job(store) for _ in range(5)]
+    store.cancel(ids[1])
+    page, total = store.list(limit=2)
+    assert total == 5 and [r["id"] for r in page] == ids[::-1][:2]
+    page, _ = store.list(limit=2, offset=4)
+    assert [r["id"] for r in page] == [ids[0]]
+    cancelled, total = store.list(state="cancelled")
+    assert total == 1 and cancelled[0]["id"] == ids[1]
+    queued, total = store.list(state="queued")
+    assert total == 4 and ids[1] not in {r["id"] for r in queued}
+
+
+def test_expired_records_drop_out_of_lists(store: JobStore) -> None:
+    gone, kept = new_job(store), new_job(store)
+    store.redis.delete(store.job_key(gone))  # what the TTL does
+    page, total = store.list()
+    assert [r["id"] for r in page] == [kept] and total == 1
+    assert store.redis.zscore(store.index_key(), gone) is None
+
+
+def test_janitor_removes_expired_jobs_and_their_files(store: JobStore, tmp_path: Path) -> None:
+    storage = Storage(tmp_path)
+    old, fresh = new_job(store), new_job(store)
+    for job_id in (old, fresh):
+        storage.write_bytes(storage.key(job_id, "input.jpg"), b"x")
+    store.redis.zadd(store.index_key(), {old: time.time() - 7200})
+    assert purge_expired(store, storage) == 1
+    assert not storage.job_dir(old).exists() and store.get(old) is None
+    assert storage.job_dir(fresh).exists() and store.get(fresh) is not None
+
+
+def test_delete_removes_everything(store: JobStore) -> None:
+    job_id = new_job(store)
+    store.delete(job_id)
+    assert store.get(job_id) is None
+    assert store.list()[1] == 0
+
+
+def test_janitor_runs_once_per_period(store: JobStore) -> None:
+    assert store.claim_janitor_run(60)
+    assert not store.claim_janitor_run(60)

@@ -1,0 +1,21 @@
+"""Submitting and reading jobs through the in-process API client."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tests.support.jobs import wait_for_job
+
+
+def submit(client: Any, image: Path | bytes, fields: dict[str, Any], name: str = "") -> Any:
+    data = image.read_bytes() if isinstance(image, Path) else image
+    filename = name or (image.name if isinstance(image, Path) else "upload.jpg")
+    form = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in fields.items()}
+    return client.post("/v1/jobs", files={"file": (filename, data, "image/jpeg")}, data=form)
+
+
+def run_job(client: Any, image: Path | bytes, fields: dict[str, Any], timeout: float = 90) -> dict[str, Any]:
+    response = submit(client, image, fields)
+    assert response.status_code == 202, response.text
+    return wait_for_job(lambda j: client.get(f"/v1/jobs/{j}").json(), response.json()["id"], timeout)
