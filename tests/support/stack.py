@@ -117,8 +117,12 @@ def start_worker(queue: str, env: dict[str, str], logs: Path) -> subprocess.Pope
 
 
 @contextmanager
-def gunicorn(env: dict[str, str], logs: Path) -> Iterator[str]:
-    """The real API server (gunicorn + uvicorn worker) on a free port; yields its base URL."""
+def gunicorn(env: dict[str, str], logs: Path, ready_status: int = 200) -> Iterator[str]:
+    """The real API server (gunicorn + uvicorn worker) on a free port; yields its base URL.
+
+    Waits until ``/health/ready`` answers ``ready_status`` (503 for a server whose
+    RabbitMQ or Redis is deliberately unreachable).
+    """
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -137,7 +141,7 @@ def gunicorn(env: dict[str, str], logs: Path) -> Iterator[str]:
             if process.poll() is not None:
                 raise RuntimeError(f"gunicorn exited: {(logs / 'api.log').read_text()[-2000:]}")
             try:
-                if requests.get(f"{base}/health/ready", timeout=5).status_code == 200:
+                if requests.get(f"{base}/health/ready", timeout=5).status_code == ready_status:
                     break
             except requests.ConnectionError:
                 pass
