@@ -25,7 +25,9 @@ SPEC = REPO_ROOT / "swagger" / "openapi.yaml"
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None, services: Services | None = None) -> connexion.FlaskApp:
+def create_app(
+    settings: Settings | None = None, services: Services | None = None
+) -> connexion.FlaskApp:
     """Build the API. Tests pass their own ``settings`` (or whole ``services``)."""
     settings = settings or Settings.from_env()
     services = services or build_services(settings)
@@ -56,7 +58,9 @@ def build_services(settings: Settings) -> Services:
     storage_dir.mkdir(parents=True, exist_ok=True)
     return Services(
         settings=settings,
-        store=JobStore.from_url(settings.redis_url, settings.redis_prefix, settings.job_ttl_seconds),
+        store=JobStore.from_url(
+            settings.redis_url, settings.redis_prefix, settings.job_ttl_seconds
+        ),
         storage=Storage(Path(storage_dir)),
         celery=make_celery(settings, name="cvjobs-api"),
     )
@@ -64,9 +68,7 @@ def build_services(settings: Settings) -> Services:
 
 def _problem(request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
     assert isinstance(exc, ApiError)
-    return ConnexionResponse(
-        status_code=exc.status, content_type=PROBLEM_JSON, body=exc.body()
-    )
+    return ConnexionResponse(status_code=exc.status, content_type=PROBLEM_JSON, body=exc.body())
 
 
 def _redis_down(request: ConnexionRequest, exc: Exception) -> ConnexionResponse:

@@ -31,8 +31,12 @@ class ApiError(Exception):
         self.detail = detail
 
     def problem(self) -> dict[str, Any]:
-        return {"type": "about:blank", "title": self.title, "status": self.status,
-                "detail": self.detail}
+        return {
+            "type": "about:blank",
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+        }
 
     def body(self) -> bytes:
         return json.dumps(self.problem()).encode()

@@ -10,7 +10,7 @@ import logging
 import os
 import uuid
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 import redis
 from kombu.exceptions import OperationalError
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 
 def submit(
-    svc: Services, stream: BinaryIO, filename: str, fields: dict[str, Any]
+    svc: Services, stream: IO[bytes], filename: str, fields: dict[str, Any]
 ) -> dict[str, Any]:
     """Validate, store, record and queue a job; returns its record."""
     pipeline = get_pipeline(str(fields.get("pipeline", "")))
@@ -83,7 +83,7 @@ def submit(
     return record
 
 
-def _inspect(stream: BinaryIO, max_pixels: int) -> ImageHeader:
+def _inspect(stream: IO[bytes], max_pixels: int) -> ImageHeader:
     try:
         return inspect_image(stream, max_pixels)
     except NotAnImage as exc:

@@ -7,6 +7,7 @@ so that the CPU preprocess workers need not import torch.
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import cv2
@@ -88,8 +89,9 @@ def draw_detections(
     canvas = image.copy()
     thickness = max(1, round(sum(canvas.shape[:2]) / 600))
     for index, (box, label) in enumerate(zip(boxes, labels, strict=True)):
-        colour = _colour(index if not label else hash(label.split(" ")[0]))
-        x1, y1, x2, y2 = (int(round(v)) for v in box)
+        # one colour per class name, the same in every process (str hash is salted)
+        colour = _colour(zlib.crc32(label.split(" ")[0].encode()) if label else index)
+        x1, y1, x2, y2 = (round(float(v)) for v in box)
         cv2.rectangle(canvas, (x1, y1), (x2, y2), colour, thickness, cv2.LINE_AA)
         if draw_labels and label:
             text = label.encode("ascii", "replace").decode()
@@ -97,20 +99,36 @@ def draw_detections(
             (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
             top = max(y1 - th - base - 2, 0)
             cv2.rectangle(canvas, (x1, top), (x1 + tw + 2, top + th + base + 2), colour, -1)
-            cv2.putText(canvas, text, (x1 + 1, top + th + 1), cv2.FONT_HERSHEY_SIMPLEX, scale,
-                        (255, 255, 255), 1, cv2.LINE_AA)
+            cv2.putText(
+                canvas,
+                text,
+                (x1 + 1, top + th + 1),
+                cv2.FONT_HERSHEY_SIMPLEX,
+                scale,
+                (255, 255, 255),
+                1,
+                cv2.LINE_AA,
+            )
     return canvas
 
 
 def _colour(seed: int) -> tuple[int, int, int]:
-    palette = [(56, 56, 255), (151, 157, 255), (31, 112, 255), (29, 178, 255), (49, 210, 207),
-               (10, 249, 72), (23, 204, 146), (134, 219, 61), (52, 147, 26), (187, 212, 0)]
+    palette = [
+        (56, 56, 255),
+        (151, 157, 255),
+        (31, 112, 255),
+        (29, 178, 255),
+        (49, 210, 207),
+        (10, 249, 72),
+        (23, 204, 146),
+        (134, 219, 61),
+        (52, 147, 26),
+        (187, 212, 0),
+    ]
     return palette[seed % len(palette)]
 
 
-def hide_regions(
-    image: np.ndarray, boxes: np.ndarray, method: str, strength: int
-) -> np.ndarray:
+def hide_regions(image: np.ndarray, boxes: np.ndarray, method: str, strength: int) -> np.ndarray:
     """A copy of ``image`` with each xyxy region blurred or pixelated; nothing else changes."""
     out = image.copy()
     height, width = out.shape[:2]

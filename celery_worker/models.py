@@ -87,7 +87,7 @@ class ModelRegistry:
             )
         device = pick_device(self.device_preference)
         try:
-            loaded = spec.loader(spec, device)
+            loaded: LoadedModel = spec.loader(spec, device)
         except (OSError, RuntimeError, ValueError, TypeError, KeyError, AttributeError) as exc:
             raise ModelUnavailable(f"model {name!r} failed to load: {exc}") from exc
         self._loaded[name] = loaded

@@ -18,8 +18,8 @@ import redis
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
 
 from celery_worker.app import app, context
-from celery_worker.errors import JobGone, StepFailed
 from celery_worker.context import WorkerContext
+from celery_worker.errors import JobGone, StepFailed
 from common.contract import Payload
 
 StepFunction = Callable[[WorkerContext, Payload], Payload]
@@ -78,6 +78,6 @@ def job_step(task_name: str, step: str, final: bool = False) -> Callable[[StepFu
 
 
 def _forget(job_id: str) -> None:
-    """A cancelled or vanished job's files go (the API removed them; a step may have re-made some)."""
+    """Remove a cancelled or vanished job's files (a step may have re-made some)."""
     if context.store.state(job_id) in (None, "cancelled"):
         context.storage.remove_job(job_id)

@@ -105,7 +105,9 @@ PIPELINES: dict[str, Pipeline] = {
                 Option("iou", "number", 0.7, "IoU threshold of non-maximum suppression.", 0, 1),
                 Option("max_detections", "integer", 300, "Most boxes kept.", 1, 1000),
                 Option("classes", "class-list", None, "Class ids to keep (default all)."),
-                Option("image_size", "integer", 640, "Model input size (multiple of 32).", 32, 2048),
+                Option(
+                    "image_size", "integer", 640, "Model input size (multiple of 32).", 32, 2048
+                ),
                 Option("draw_labels", "boolean", True, "Write class and score beside boxes."),
                 _OUTPUT_FORMAT,
             ),

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import IO
 
 from PIL import Image, UnidentifiedImageError
-
 
 
 class ImageRejected(ValueError):
@@ -25,6 +24,7 @@ class NotAnImage(ImageRejected):
 
 class ImageUnprocessable(ImageRejected):
     """An image, but too large or empty (HTTP 422)."""
+
 
 # Formats OpenCV decodes in the workers, with the extension the stored copy gets.
 FORMATS = {
@@ -46,7 +46,7 @@ class ImageHeader:
     height: int
 
 
-def inspect_image(stream: BinaryIO, max_pixels: int) -> ImageHeader:
+def inspect_image(stream: IO[bytes], max_pixels: int) -> ImageHeader:
     """The image's format and size; raises ``ImageRejected``. Leaves ``stream`` at its start."""
     stream.seek(0)
     try:
@@ -66,9 +66,7 @@ def inspect_image(stream: BinaryIO, max_pixels: int) -> ImageHeader:
     finally:
         stream.seek(0)
     if fmt not in FORMATS:
-        raise NotAnImage(
-            f"{fmt} images are not supported; send JPEG, PNG, WebP, BMP or TIFF"
-        )
+        raise NotAnImage(f"{fmt} images are not supported; send JPEG, PNG, WebP, BMP or TIFF")
     if width <= 0 or height <= 0:
         raise ImageUnprocessable(f"image has no pixels ({width}x{height})")
     if width * height > max_pixels:

@@ -34,7 +34,8 @@ class JobStore:
     """Reads and writes job state; shared by the API and the workers."""
 
     def __init__(self, client: redis.Redis, prefix: str = "cv", ttl_seconds: int = 7 * 86400):
-        self.redis = client
+        # Any: redis-py's types cannot express decode_responses=True (str, not bytes).
+        self.redis: Any = client
         self.prefix = prefix
         self.ttl = ttl_seconds
 
@@ -113,7 +114,7 @@ class JobStore:
         raw = self.redis.get(self.result_key(job_id))
         return json.loads(str(raw)) if raw is not None else None
 
-    def list(
+    def page(
         self, state: str | None = None, limit: int = 50, offset: int = 0
     ) -> tuple[list[dict[str, Any]], int]:
         """One page of jobs, newest first, and the total matching count."""
@@ -228,7 +229,9 @@ class JobStore:
     def expired_ids(self, now: float | None = None, limit: int = 500) -> list[str]:
         """Ids submitted longer than the TTL ago (their records are gone or about to go)."""
         cutoff = (now if now is not None else time.time()) - self.ttl
-        return [str(i) for i in self.redis.zrangebyscore(self.index_key(), "-inf", cutoff, 0, limit)]
+        return [
+            str(i) for i in self.redis.zrangebyscore(self.index_key(), "-inf", cutoff, 0, limit)
+        ]
 
     def claim_janitor_run(self, every_seconds: int) -> bool:
         """True for at most one caller per period, across all processes."""

@@ -12,7 +12,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -47,7 +47,7 @@ class Storage:
             raise StorageKeyError(f"key outside storage: {key!r}")
         return path
 
-    def write_stream(self, key: str, stream: BinaryIO, chunk_size: int = 1 << 20) -> int:
+    def write_stream(self, key: str, stream: IO[bytes], chunk_size: int = 1 << 20) -> int:
         """Copy ``stream`` to ``key`` atomically (temp file + rename); returns bytes written."""
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -84,9 +84,9 @@ def stack_settings(stack_env: dict[str, str]) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def workers(stack_env: dict[str, str], stack_settings: Settings, stack_dir: Path) -> Iterator[
-    dict[str, subprocess.Popen[bytes]]
-]:
+def workers(
+    stack_env: dict[str, str], stack_settings: Settings, stack_dir: Path
+) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
     """One real Celery worker per queue; ready once the inference one reports its models."""
     from common.jobstore import JobStore
 

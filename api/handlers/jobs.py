@@ -28,7 +28,7 @@ def get_job(job_id: str) -> Response:
 
 
 def list_jobs(state: str | None = None, limit: int = 50, offset: int = 0) -> Response:
-    records, total = services().store.list(state, limit, offset)
+    records, total = services().store.page(state, limit, offset)
     next_offset = offset + limit
     query = f"limit={limit}&offset={next_offset}" + (f"&state={state}" if state else "")
     page = {

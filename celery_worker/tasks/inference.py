@@ -19,7 +19,10 @@ from common.contract import (
 
 def _model_input(ctx: WorkerContext, payload: Payload) -> np.ndarray:
     try:
-        return np.load(ctx.storage.path(payload["model_input_key"]), allow_pickle=False)
+        array: np.ndarray = np.load(
+            ctx.storage.path(payload["model_input_key"]), allow_pickle=False
+        )
+        return array
     except FileNotFoundError as exc:
         raise InputError("the preprocessed image is missing from storage") from exc
 

@@ -117,9 +117,7 @@ def _finish(
         "model": model,
         "options": payload["options"],
         "detections": detections,
-        "artifacts": [
-            {**a, "href": f"/v1/jobs/{job_id}/artifacts/{a['name']}"} for a in artifacts
-        ],
+        "artifacts": [{**a, "href": f"/v1/jobs/{job_id}/artifacts/{a['name']}"} for a in artifacts],
         "timings": timings,
     }
     if not ctx.store.succeed(job_id, "postprocess", result, artifacts):

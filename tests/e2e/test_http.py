@@ -20,8 +20,13 @@ from tests.unit.test_images import png_header_only
 pytestmark = [pytest.mark.broker, pytest.mark.workers, pytest.mark.http]
 
 
-def post(base: str, content: bytes, fields: dict[str, str], name: str = "photo.jpg",
-         content_type: str = "image/jpeg") -> requests.Response:
+def post(
+    base: str,
+    content: bytes,
+    fields: dict[str, str],
+    name: str = "photo.jpg",
+    content_type: str = "image/jpeg",
+) -> requests.Response:
     return requests.post(
         f"{base}/v1/jobs", files={"file": (name, content, content_type)}, data=fields, timeout=30
     )
@@ -41,10 +46,12 @@ def problem(response: requests.Response, status: int) -> dict[str, Any]:
     return body
 
 
-@pytest.mark.parametrize(("pipeline", "artifact"), [("detect", "annotated.jpg"),
-                                                     ("blur-faces", "blurred.jpg")])
-def test_submit_poll_result_artifact(http_api: str, assets: Path, pipeline: str,
-                                     artifact: str) -> None:
+@pytest.mark.parametrize(
+    ("pipeline", "artifact"), [("detect", "annotated.jpg"), ("blur-faces", "blurred.jpg")]
+)
+def test_submit_poll_result_artifact(
+    http_api: str, assets: Path, pipeline: str, artifact: str
+) -> None:
     started = time.perf_counter()
     response = post(http_api, (assets / "zidane.jpg").read_bytes(), {"pipeline": pipeline})
     assert response.status_code == 202, response.text
@@ -72,9 +79,15 @@ def test_error_statuses(http_api: str, assets: Path) -> None:
     photo = (assets / "zidane.jpg").read_bytes()
     assert "not one of" in problem(post(http_api, photo, {"pipeline": "sharpen"}), 400)["detail"]
     problem(post(http_api, photo, {"pipeline": "detect", "blur_method": "pixelate"}), 400)
-    problem(post(http_api, b"%PDF-1.4 not an image", {"pipeline": "detect"}, "a.pdf",
-                 "application/pdf"), 415)
-    problem(post(http_api, png_header_only(50_000, 50_000), {"pipeline": "detect"}, "bomb.png"), 422)
+    problem(
+        post(
+            http_api, b"%PDF-1.4 not an image", {"pipeline": "detect"}, "a.pdf", "application/pdf"
+        ),
+        415,
+    )
+    problem(
+        post(http_api, png_header_only(50_000, 50_000), {"pipeline": "detect"}, "bomb.png"), 422
+    )
     buffer = io.BytesIO()
     Image.new("RGB", (4000, 3200)).save(buffer, "PNG")  # 12.8 MP > the 12 MP test limit
     problem(post(http_api, buffer.getvalue(), {"pipeline": "detect"}, "big.png"), 422)
@@ -90,8 +103,10 @@ def test_error_statuses(http_api: str, assets: Path) -> None:
 def test_cancel_through_http(http_api: str, assets: Path) -> None:
     image = cv2.resize(cv2.imread(str(assets / "bus.jpg")), (2048, 2730))
     data = cv2.imencode(".jpg", image)[1].tobytes()
-    ids = [post(http_api, data, {"pipeline": "detect", "image_size": "2048"}).json()["id"]
-           for _ in range(2)]
+    ids = [
+        post(http_api, data, {"pipeline": "detect", "image_size": "2048"}).json()["id"]
+        for _ in range(2)
+    ]
     assert requests.delete(f"{http_api}/v1/jobs/{ids[1]}", timeout=10).status_code == 204
     job = requests.get(f"{http_api}/v1/jobs/{ids[1]}", timeout=10).json()
     assert job["state"] == "cancelled"
@@ -109,7 +124,9 @@ def test_swagger_ui_and_spec(http_api: str) -> None:
 
 
 def test_broker_and_redis_down_give_503_and_keep_nothing(
-    stack_env: dict[str, str], stack_dir: Path, assets: Path,
+    stack_env: dict[str, str],
+    stack_dir: Path,
+    assets: Path,
 ) -> None:
     """A second server whose RabbitMQ and Redis addresses do not answer."""
     storage = stack_dir / "offline-storage"

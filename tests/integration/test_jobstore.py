@@ -32,7 +32,9 @@ def store() -> Iterator[JobStore]:
 
 def new_job(store: JobStore, pipeline: str = "detect") -> str:
     job_id = uuid.uuid4().hex
-    store.create(job_id, PIPELINES[pipeline], {"a": 1}, {"key": "k", "bytes": 3}, ["t1", "t2", "t3"])
+    store.create(
+        job_id, PIPELINES[pipeline], {"a": 1}, {"key": "k", "bytes": 3}, ["t1", "t2", "t3"]
+    )
     return job_id
 
 
@@ -44,7 +46,9 @@ def test_record_round_trip_is_readable(store: JobStore) -> None:
     assert record["options"] == {"a": 1}
     assert [s["name"] for s in record["steps"]] == ["preprocess", "inference", "postprocess"]
     raw = store.redis.hgetall(store.job_key(job_id))
-    assert raw["state"] == "queued" and raw["pipeline"] == "detect"  # plain strings for RedisInsight
+    assert (
+        raw["state"] == "queued" and raw["pipeline"] == "detect"
+    )  # plain strings for RedisInsight
     assert 0 < store.redis.ttl(store.job_key(job_id)) <= 3600
 
 
@@ -86,20 +90,20 @@ def test_failure_keeps_the_reason(store: JobStore) -> None:
 def test_list_is_newest_first_paginated_and_filtered(store: JobStore) -> None:
     ids = [new_job(store) for _ in range(5)]
     store.cancel(ids[1])
-    page, total = store.list(limit=2)
+    page, total = store.page(limit=2)
     assert total == 5 and [r["id"] for r in page] == ids[::-1][:2]
-    page, _ = store.list(limit=2, offset=4)
+    page, _ = store.page(limit=2, offset=4)
     assert [r["id"] for r in page] == [ids[0]]
-    cancelled, total = store.list(state="cancelled")
+    cancelled, total = store.page(state="cancelled")
     assert total == 1 and cancelled[0]["id"] == ids[1]
-    queued, total = store.list(state="queued")
+    queued, total = store.page(state="queued")
     assert total == 4 and ids[1] not in {r["id"] for r in queued}
 
 
 def test_expired_records_drop_out_of_lists(store: JobStore) -> None:
     gone, kept = new_job(store), new_job(store)
     store.redis.delete(store.job_key(gone))  # what the TTL does
-    page, total = store.list()
+    page, total = store.page()
     assert [r["id"] for r in page] == [kept] and total == 1
     assert store.redis.zscore(store.index_key(), gone) is None
 
@@ -119,7 +123,7 @@ def test_delete_removes_everything(store: JobStore) -> None:
     job_id = new_job(store)
     store.delete(job_id)
     assert store.get(job_id) is None
-    assert store.list()[1] == 0
+    assert store.page()[1] == 0
 
 
 def test_janitor_runs_once_per_period(store: JobStore) -> None:

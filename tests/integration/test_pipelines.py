@@ -33,16 +33,24 @@ def direct_predict(weights: Path, image: Path, **options: Any) -> Any:
     ("fields", "direct"),
     [
         ({}, {}),
-        ({"confidence": 0.3, "iou": 0.5, "max_detections": 10},
-         {"conf": 0.3, "iou": 0.5, "max_det": 10}),
-        ({"classes": "0,1,2,3,4,5,6,7,8,9,10", "image_size": 320},
-         {"classes": list(range(11)), "imgsz": 320}),
+        (
+            {"confidence": 0.3, "iou": 0.5, "max_detections": 10},
+            {"conf": 0.3, "iou": 0.5, "max_det": 10},
+        ),
+        (
+            {"classes": "0,1,2,3,4,5,6,7,8,9,10", "image_size": 320},
+            {"classes": list(range(11)), "imgsz": 320},
+        ),
     ],
     ids=["defaults", "conf-iou-max", "classes-imgsz"],
 )
 def test_detect_equals_a_direct_ultralytics_call(
-    api_client: Any, assets: Path, yolo_weights: Path, photo: str,
-    fields: dict[str, Any], direct: dict[str, Any],
+    api_client: Any,
+    assets: Path,
+    yolo_weights: Path,
+    photo: str,
+    fields: dict[str, Any],
+    direct: dict[str, Any],
 ) -> None:
     job = run_job(api_client, assets / photo, {"pipeline": "detect", **fields})
     assert job["state"] == "succeeded", job["error"]
@@ -64,7 +72,9 @@ def test_detect_equals_a_direct_ultralytics_call(
     )
     height, width = expected.orig_shape
     assert result["image"] == {"width": width, "height": height}
-    assert result["model"]["weights_sha256"] == hashlib.sha256(yolo_weights.read_bytes()).hexdigest()
+    assert (
+        result["model"]["weights_sha256"] == hashlib.sha256(yolo_weights.read_bytes()).hexdigest()
+    )
     assert result["model"]["name"] == yolo_weights.stem
     assert result["model"]["version"].startswith("ultralytics ")
 
@@ -84,8 +94,9 @@ def test_detect_writes_an_annotated_image(api_client: Any, assets: Path) -> None
 
 
 def test_blur_faces_hides_both_faces_and_nothing_else(api_client: Any, assets: Path) -> None:
-    job = run_job(api_client, assets / "zidane.jpg",
-                  {"pipeline": "blur-faces", "output_format": "png"})
+    job = run_job(
+        api_client, assets / "zidane.jpg", {"pipeline": "blur-faces", "output_format": "png"}
+    )
     assert job["state"] == "succeeded", job["error"]
     result = api_client.get(f"/v1/jobs/{job['id']}/result").json()
     faces = result["detections"]
@@ -109,21 +120,25 @@ def test_blur_faces_hides_both_faces_and_nothing_else(api_client: Any, assets: P
     hidden = widen(boxes, result["options"]["margin"], original.shape[1], original.shape[0])
     outside = np.ones(original.shape[:2], bool)
     for x1, y1, x2, y2 in hidden:
-        outside[max(int(y1) - 2, 0): int(y2) + 3, max(int(x1) - 2, 0): int(x2) + 3] = False
+        outside[max(int(y1) - 2, 0) : int(y2) + 3, max(int(x1) - 2, 0) : int(x2) + 3] = False
     assert outside.mean() > 0.8
     assert np.array_equal(blurred[outside], original[outside]), "pixels away from faces unchanged"
 
 
 def test_pixelate_option(api_client: Any, assets: Path) -> None:
-    job = run_job(api_client, assets / "zidane.jpg",
-                  {"pipeline": "blur-faces", "blur_method": "pixelate", "blur_strength": 90})
+    job = run_job(
+        api_client,
+        assets / "zidane.jpg",
+        {"pipeline": "blur-faces", "blur_method": "pixelate", "blur_strength": 90},
+    )
     assert job["state"] == "succeeded"
     assert job["options"]["blur_method"] == "pixelate"
     assert job["links"]["artifacts"][0]["content_type"] == "image/jpeg"
 
 
-def test_corrupt_image_fails_the_job_with_a_reason(api_client: Any, assets: Path,
-                                                   stack_settings: Settings) -> None:
+def test_corrupt_image_fails_the_job_with_a_reason(
+    api_client: Any, assets: Path, stack_settings: Settings
+) -> None:
     data = (assets / "bus.jpg").read_bytes()
     job = run_job(api_client, data[: len(data) // 2], {"pipeline": "blur-faces"})
     assert job["state"] == "failed"
@@ -154,8 +169,9 @@ def big_image(assets: Path) -> bytes:
     return cv2.imencode(".jpg", image)[1].tobytes()
 
 
-def test_cancel_queued_and_running_jobs(api_client: Any, assets: Path,
-                                        stack_settings: Settings) -> None:
+def test_cancel_queued_and_running_jobs(
+    api_client: Any, assets: Path, stack_settings: Settings
+) -> None:
     slow = {"pipeline": "detect", "image_size": 2048}
     first = submit(api_client, big_image(assets), slow).json()["id"]
     second = submit(api_client, big_image(assets), slow).json()["id"]
@@ -183,8 +199,9 @@ def test_cancel_queued_and_running_jobs(api_client: Any, assets: Path,
     assert {s["name"]: s for s in get(second)["steps"]}["inference"]["started_at"] is None
 
 
-def test_delete_a_finished_job_removes_record_and_files(api_client: Any, assets: Path,
-                                                       stack_settings: Settings) -> None:
+def test_delete_a_finished_job_removes_record_and_files(
+    api_client: Any, assets: Path, stack_settings: Settings
+) -> None:
     job = run_job(api_client, assets / "zidane.jpg", {"pipeline": "blur-faces"})
     files = stack_settings.resolve(stack_settings.storage_dir) / "jobs" / job["id"]
     assert files.exists()
@@ -196,19 +213,23 @@ def test_delete_a_finished_job_removes_record_and_files(api_client: Any, assets:
 
 
 def test_list_jobs(api_client: Any, assets: Path) -> None:
-    ids = [run_job(api_client, assets / "zidane.jpg", {"pipeline": "blur-faces"})["id"]
-           for _ in range(2)]
+    ids = [
+        run_job(api_client, assets / "zidane.jpg", {"pipeline": "blur-faces"})["id"]
+        for _ in range(2)
+    ]
     page = api_client.get("/v1/jobs?limit=2").json()
     assert [j["id"] for j in page["items"]] == ids[::-1]
-    assert page["total"] >= 2 and page["next"] == ("/v1/jobs?limit=2&offset=2"
-                                                  if page["total"] > 2 else None)
+    assert page["total"] >= 2 and page["next"] == (
+        "/v1/jobs?limit=2&offset=2" if page["total"] > 2 else None
+    )
     failed = api_client.get("/v1/jobs?state=failed").json()["items"]
     assert all(j["state"] == "failed" for j in failed)
     assert api_client.get("/v1/jobs?state=bogus").status_code == 400
 
 
-def test_a_worker_killed_mid_step_loses_no_job(api_client: Any, assets: Path,
-                                               workers: dict[str, Any]) -> None:
+def test_a_worker_killed_mid_step_loses_no_job(
+    api_client: Any, assets: Path, workers: dict[str, Any]
+) -> None:
     """kill -9 of the inference process: RabbitMQ redelivers the step and the job completes."""
     import os
     import signal

@@ -15,7 +15,11 @@ def submit(client: Any, image: Path | bytes, fields: dict[str, Any], name: str =
     return client.post("/v1/jobs", files={"file": (filename, data, "image/jpeg")}, data=form)
 
 
-def run_job(client: Any, image: Path | bytes, fields: dict[str, Any], timeout: float = 90) -> dict[str, Any]:
+def run_job(
+    client: Any, image: Path | bytes, fields: dict[str, Any], timeout: float = 90
+) -> dict[str, Any]:
     response = submit(client, image, fields)
     assert response.status_code == 202, response.text
-    return wait_for_job(lambda j: client.get(f"/v1/jobs/{j}").json(), response.json()["id"], timeout)
+    return wait_for_job(
+        lambda j: client.get(f"/v1/jobs/{j}").json(), response.json()["id"], timeout
+    )

@@ -9,7 +9,9 @@ from typing import Any
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
-def wait_for_job(get: Callable[[str], dict[str, Any]], job_id: str, timeout: float = 60) -> dict[str, Any]:
+def wait_for_job(
+    get: Callable[[str], dict[str, Any]], job_id: str, timeout: float = 60
+) -> dict[str, Any]:
     """Poll until the job is terminal; fails the test (never hangs) after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:

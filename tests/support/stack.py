@@ -107,9 +107,22 @@ def stop(process: subprocess.Popen[bytes], grace: float = 20) -> None:
 def start_worker(queue: str, env: dict[str, str], logs: Path) -> subprocess.Popen[bytes]:
     return _spawn(
         [
-            str(VENV_BIN / "celery"), "-A", "celery_worker.app", "worker",
-            "-Q", queue, "-n", f"{queue}-test-{os.getpid()}@%h", "-c", "1", "-P", "prefork",
-            "--without-mingle", "--without-gossip", "--loglevel", "INFO",
+            str(VENV_BIN / "celery"),
+            "-A",
+            "celery_worker.app",
+            "worker",
+            "-Q",
+            queue,
+            "-n",
+            f"{queue}-test-{os.getpid()}@%h",
+            "-c",
+            "1",
+            "-P",
+            "prefork",
+            "--without-mingle",
+            "--without-gossip",
+            "--loglevel",
+            "INFO",
         ],
         env,
         logs / f"worker-{queue}.log",
@@ -128,8 +141,15 @@ def gunicorn(env: dict[str, str], logs: Path, ready_status: int = 200) -> Iterat
         port = probe.getsockname()[1]
     process = _spawn(
         [
-            str(VENV_BIN / "gunicorn"), "--no-control-socket", "-k", "uvicorn_worker.UvicornWorker",
-            "-w", "1", "-b", f"127.0.0.1:{port}", "api.app:create_app()",
+            str(VENV_BIN / "gunicorn"),
+            "--no-control-socket",
+            "-k",
+            "uvicorn_worker.UvicornWorker",
+            "-w",
+            "1",
+            "-b",
+            f"127.0.0.1:{port}",
+            "api.app:create_app()",
         ],
         env,
         logs / "api.log",

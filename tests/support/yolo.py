@@ -4,9 +4,9 @@ Ultralytics' random initialisation shrinks activations to ~1e-7 by the head, so
 every score is the same tiny constant whatever the image (PLATFORM.md). Here
 the BatchNorm statistics are calibrated on the given images (one forward pass
 in train mode with momentum 1), which restores unit-scale, image-dependent
-features; the class-head bias is then raised so that a few dozen boxes pass
-conf 0.25 (e.g. 76 on zidane.jpg, 300 on bus.jpg). The file is a genuine Ultralytics .pt checkpoint: the service and
-a direct ``YOLO(path)`` call load exactly the same thing.
+features; the class-head bias is then raised so that boxes pass conf 0.25
+(76 on zidane.jpg, 300 on bus.jpg). The file is a genuine Ultralytics .pt
+checkpoint: the service and a direct ``YOLO(path)`` call load the same thing.
 """
 
 from __future__ import annotations

@@ -51,8 +51,13 @@ def stored_files(settings: Settings) -> list[Path]:
         ({"pipeline": "detect", "image_size": "65"}, 400, "multiple of 32"),
     ],
 )
-def test_bad_requests(offline_client: Any, offline_settings: Settings,
-                      fields: dict[str, str], status: int, detail: str) -> None:
+def test_bad_requests(
+    offline_client: Any,
+    offline_settings: Settings,
+    fields: dict[str, str],
+    status: int,
+    detail: str,
+) -> None:
     assert_problem(post(offline_client, jpeg(), fields), status, detail)
     assert stored_files(offline_settings) == []
 
@@ -68,15 +73,19 @@ def test_form_encoded_body_is_415(offline_client: Any) -> None:
 
 
 def test_not_an_image_is_415(offline_client: Any, offline_settings: Settings) -> None:
-    assert_problem(post(offline_client, b"just text", {"pipeline": "detect"}, "a.txt"), 415,
-                   "not an image")
+    assert_problem(
+        post(offline_client, b"just text", {"pipeline": "detect"}, "a.txt"), 415, "not an image"
+    )
     assert stored_files(offline_settings) == []
 
 
 def test_too_many_pixels_is_422(tmp_path: Path, offline_settings: Settings) -> None:
     client = create_app(replace(offline_settings, max_image_pixels=1000)).test_client()
-    assert_problem(post(client, png_bytes(40, 30), {"pipeline": "detect"}), 422,
-                   "40x30 = 1200 pixels; the limit is 1000")
+    assert_problem(
+        post(client, png_bytes(40, 30), {"pipeline": "detect"}),
+        422,
+        "40x30 = 1200 pixels; the limit is 1000",
+    )
     assert stored_files(offline_settings) == []
 
 
@@ -103,8 +112,9 @@ def test_upload_just_over_the_limit_inside_the_envelope_slack_is_413(
     assert stored_files(offline_settings) == []
 
 
-def test_redis_down_is_503_and_keeps_nothing(offline_client: Any,
-                                              offline_settings: Settings) -> None:
+def test_redis_down_is_503_and_keeps_nothing(
+    offline_client: Any, offline_settings: Settings
+) -> None:
     assert_problem(post(offline_client, jpeg(), {"pipeline": "blur-faces"}), 503, "Redis")
     assert stored_files(offline_settings) == []
     assert_problem(offline_client.get("/v1/jobs/" + "a" * 32), 503, "Redis")

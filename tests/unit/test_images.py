@@ -22,14 +22,18 @@ def png_header_only(width: int, height: int) -> bytes:
     """A PNG that declares a canvas of any size in 60 bytes: a decompression bomb's header."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0"))
 
 
-@pytest.mark.parametrize(("fmt", "content_type"), [("PNG", "image/png"), ("JPEG", "image/jpeg"),
-                                                  ("WEBP", "image/webp"), ("BMP", "image/bmp")])
+@pytest.mark.parametrize(
+    ("fmt", "content_type"),
+    [("PNG", "image/png"), ("JPEG", "image/jpeg"), ("WEBP", "image/webp"), ("BMP", "image/bmp")],
+)
 def test_accepted_formats(fmt: str, content_type: str) -> None:
     buffer = io.BytesIO()
     Image.new("RGB", (64, 48)).save(buffer, fmt)

@@ -23,8 +23,9 @@ def noise(height: int, width: int, seed: int = 0) -> np.ndarray:
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("size", [320, 640])
 @pytest.mark.parametrize("auto", [True, False])
-def test_letterbox_is_bit_identical_to_ultralytics(shape: tuple[int, int], size: int,
-                                                   auto: bool) -> None:
+def test_letterbox_is_bit_identical_to_ultralytics(
+    shape: tuple[int, int], size: int, auto: bool
+) -> None:
     from ultralytics.data.augment import LetterBox
 
     image = noise(*shape)
@@ -77,8 +78,9 @@ def test_stronger_blur_hides_more() -> None:
 def test_widen_grows_and_clips() -> None:
     grown = widen(np.array([[10.0, 10.0, 30.0, 50.0]]), 0.5, 40, 55)
     np.testing.assert_allclose(grown, [[0, 0, 40, 55]])
-    np.testing.assert_allclose(widen(np.array([[10.0, 10.0, 30.0, 30.0]]), 0.1, 100, 100),
-                               [[8, 8, 32, 32]])
+    np.testing.assert_allclose(
+        widen(np.array([[10.0, 10.0, 30.0, 30.0]]), 0.1, 100, 100), [[8, 8, 32, 32]]
+    )
 
 
 def test_decode_applies_the_pixel_limit_and_reports_corrupt_data(tmp_path: Path) -> None:

@@ -24,11 +24,16 @@ def test_defaults_fill_missing_options() -> None:
         ("detect", {"draw_labels": "false"}, {"draw_labels": False}),
         ("detect", {"draw_labels": True}, {"draw_labels": True}),
         ("detect", {"image_size": 320}, {"image_size": 320}),
-        ("blur-faces", {"blur_method": "pixelate", "blur_strength": "80"},
-         {"blur_method": "pixelate", "blur_strength": 80}),
+        (
+            "blur-faces",
+            {"blur_method": "pixelate", "blur_strength": "80"},
+            {"blur_method": "pixelate", "blur_strength": 80},
+        ),
     ],
 )
-def test_values_are_coerced(pipeline: str, fields: dict[str, Any], expected: dict[str, Any]) -> None:
+def test_values_are_coerced(
+    pipeline: str, fields: dict[str, Any], expected: dict[str, Any]
+) -> None:
     options = resolve_options(PIPELINES[pipeline], fields)
     assert {k: options[k] for k in expected} == expected
 

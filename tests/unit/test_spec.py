@@ -21,7 +21,9 @@ OPERATIONS = [
 
 
 @pytest.mark.parametrize(("path", "method", "op"), OPERATIONS, ids=lambda v: str(v)[:40])
-def test_every_operation_id_resolves_to_a_handler(path: str, method: str, op: dict[str, Any]) -> None:
+def test_every_operation_id_resolves_to_a_handler(
+    path: str, method: str, op: dict[str, Any]
+) -> None:
     module_name, _, function = op["operationId"].rpartition(".")
     handler = getattr(importlib.import_module(module_name), function)
     assert callable(handler), f"{method.upper()} {path}"
