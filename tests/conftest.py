@@ -6,6 +6,12 @@ them; every process they start is stopped at the end of the session.
 
 from __future__ import annotations
 
+import os
+
+# Before anything imports ultralytics: no network look-ups, no pip installs from tests.
+os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("YOLO_AUTOINSTALL", "0")
+
 import importlib.util
 import subprocess
 from collections.abc import Iterator
