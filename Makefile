@@ -1,0 +1,49 @@
+# The two commands of the README: `make demo` (whole stack + sample job) and `make test`.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+PY := .venv/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: help install services start demo stop status test lint bench clean
+
+help:
+	@echo "make demo     install, start RabbitMQ, Redis, the API and 3 workers, run the sample job"
+	@echo "make test     install, start RabbitMQ and Redis if needed, run the whole test suite"
+	@echo "make start    install and start the stack without the demo"
+	@echo "make stop     stop what make start / make demo started"
+	@echo "make status   what is running"
+	@echo "make lint     ruff (lint + format check) and mypy"
+	@echo "make bench    latency benchmark against the running stack"
+	@echo "make clean    remove var/ (jobs, logs, Redis data) and demo-output/"
+
+install:
+	@scripts/install.sh
+
+services:
+	@scripts/services.sh start
+
+start: install
+	@scripts/stack.sh start
+
+demo: start
+	@$(PY) scripts/demo.py
+
+stop:
+	@scripts/stack.sh stop
+
+status:
+	@scripts/stack.sh status
+
+test: install services
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy
+
+bench: install
+	$(PY) benchmarks/run.py
+
+clean:
+	rm -rf var demo-output

@@ -1,0 +1,171 @@
+"""The demo client of `make demo`: sends the sample photos through the running stack.
+
+    .venv/bin/python scripts/demo.py [--api URL] [--out DIR] [PHOTO ...]
+
+Without photos it uses the two that ship inside the ultralytics wheel (zidane.jpg,
+bus.jpg). Every photo goes to `blur-faces`, and to `detect` when the workers have
+YOLO weights. Progress is printed as each job moves through its steps; results and
+artifacts land in `<out>/<job id>-<pipeline>-<photo>/`. Stdlib only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import mimetypes
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+def call(
+    method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def get_json(url: str) -> Any:
+    status, body = call("GET", url)
+    if status != 200:
+        raise SystemExit(f"GET {url} answered {status}: {body.decode(errors='replace')}")
+    return json.loads(body)
+
+
+def submit(api: str, photo: Path, pipeline: str) -> dict[str, Any]:
+    boundary = uuid.uuid4().hex
+    content_type = mimetypes.guess_type(photo.name)[0] or "application/octet-stream"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="pipeline"\r\n\r\n'
+            f"{pipeline}\r\n"
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+            f'filename="{photo.name}"\r\nContent-Type: {content_type}\r\n\r\n'
+        ).encode()
+        + photo.read_bytes()
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    status, answer = call(
+        "POST",
+        f"{api}/v1/jobs",
+        body,
+        {"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    if status != 202:
+        raise SystemExit(
+            f"POST /v1/jobs ({pipeline}, {photo.name}) answered {status}: "
+            f"{answer.decode(errors='replace')}"
+        )
+    job: dict[str, Any] = json.loads(answer)
+    return job
+
+
+def follow(api: str, job: dict[str, Any], label: str, timeout: float = 120) -> dict[str, Any]:
+    """Poll the job, printing each change of state or step."""
+    started = time.monotonic()
+    seen = None
+    while True:
+        job = get_json(f"{api}/v1/jobs/{job['id']}")
+        now = (job["state"], job.get("step"))
+        if now != seen:
+            step = f" ({job['step']})" if job.get("step") else ""
+            print(f"  {label}: {job['state']}{step}  +{time.monotonic() - started:.2f} s")
+            seen = now
+        if job["state"] in TERMINAL:
+            return job
+        if time.monotonic() - started > timeout:
+            raise SystemExit(f"{label}: still {job['state']} after {timeout} s; see var/log/")
+        time.sleep(0.1)
+
+
+def save(api: str, job: dict[str, Any], folder: Path) -> dict[str, Any]:
+    folder.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = get_json(f"{api}/v1/jobs/{job['id']}/result")
+    (folder / "result.json").write_text(json.dumps(result, indent=2))
+    for artifact in job["links"]["artifacts"]:
+        status, data = call("GET", api + artifact["href"])
+        if status == 200:
+            (folder / artifact["name"]).write_bytes(data)
+    return result
+
+
+def sample_photos() -> list[Path]:
+    spec = importlib.util.find_spec("ultralytics")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("ultralytics is not installed here; run `make install` or name photos")
+    assets = Path(next(iter(spec.submodule_search_locations))) / "assets"
+    return [assets / "zidane.jpg", assets / "bus.jpg"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--api", default="http://127.0.0.1:8000")
+    parser.add_argument("--out", default="demo-output", type=Path)
+    parser.add_argument("photos", nargs="*", type=Path)
+    args = parser.parse_args()
+    photos = args.photos or sample_photos()
+
+    catalogue = get_json(f"{args.api}/v1/pipelines")["pipelines"]
+    print("Pipelines:")
+    runnable = []
+    for pipeline in catalogue:
+        state = "available" if pipeline["available"] else "UNAVAILABLE"
+        print(f"  {pipeline['name']:<11} {state:<11} {pipeline['description']}")
+        if pipeline["available"]:
+            runnable.append(pipeline["name"])
+        else:
+            print(f"  {'':<11} why: {pipeline['unavailable_reason']}")
+            if pipeline["name"] == "detect":
+                print(
+                    f"  {'':<11} to enable it: put a YOLO .pt file at models/yolov8n.pt "
+                    "(or set CV_DETECT_WEIGHTS), run `make stop && make demo`; see README, "
+                    "'Adding a model'"
+                )
+
+    failures = 0
+    for pipeline in ("blur-faces", "detect"):
+        if pipeline not in runnable:
+            continue
+        for photo in photos:
+            label = f"{pipeline} {photo.name}"
+            started = time.monotonic()
+            job = follow(args.api, submit(args.api, photo, pipeline), label)
+            if job["state"] != "succeeded":
+                failures += 1
+                print(f"  {label}: {job['state']}: {job.get('error')}")
+                continue
+            folder = args.out / f"{job['id']}-{pipeline}-{photo.stem}"
+            result = save(args.api, job, folder)
+            kinds: dict[str, int] = {}
+            for detection in result["detections"]:
+                kinds[detection["class_name"]] = kinds.get(detection["class_name"], 0) + 1
+            top = sorted(kinds.items(), key=lambda kv: -kv[1])[:5]
+            found = f"{len(result['detections'])} ({', '.join(f'{n}x {k}' for k, n in top)})"
+            if len(kinds) > len(top):
+                found = found[:-1] + ", ...)"
+            print(f"  {label}: found {found} in {time.monotonic() - started:.2f} s -> {folder}/")
+
+    out = args.out.resolve()
+    print(f"""
+Where to look:
+  Swagger UI (try the API):      {args.api}/
+  RabbitMQ management console:   http://127.0.0.1:15672/  (guest / guest)
+  Results and artifacts:         {out}
+  Logs:                          var/log/
+Stop everything with:            make stop""")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# The application processes: the API (gunicorn + uvicorn workers) and one Celery worker per
+# queue, in the background with pidfiles in var/run and logs in var/log.
+#    usage: scripts/stack.sh start|stop|status
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+RUN=$ROOT/var/run
+LOG=$ROOT/var/log
+BIN=$ROOT/.venv/bin
+QUEUES=(preprocess inference postprocess)
+mkdir -p "$RUN" "$LOG"
+
+set -a
+# shellcheck disable=SC1091
+[[ -f .env ]] && . ./.env
+set +a
+BIND=${CV_API_BIND:-127.0.0.1:8000}
+URL="http://${BIND/0.0.0.0/127.0.0.1}"
+export YOLO_CONFIG_DIR=${YOLO_CONFIG_DIR:-$ROOT/var/ultralytics} YOLO_OFFLINE=1 YOLO_AUTOINSTALL=0
+
+alive() { [[ -f $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+start() {
+    scripts/services.sh start
+    local started
+    started=$(date +%s%N)
+    if alive "$RUN/api.pid"; then
+        echo "stack: API already running"
+    else
+        "$BIN/gunicorn" --no-control-socket -k uvicorn_worker.UvicornWorker -w 2 -b "$BIND" \
+            --chdir "$ROOT" --pid "$RUN/api.pid" --daemon \
+            --access-logfile "$LOG/api-access.log" --error-logfile "$LOG/api.log" \
+            "api.app:create_app()"
+    fi
+    for queue in "${QUEUES[@]}"; do
+        if alive "$RUN/worker-$queue.pid"; then
+            echo "stack: $queue worker already running"
+            continue
+        fi
+        "$BIN/celery" -A celery_worker.app worker -Q "$queue" -n "$queue@%h" -c 1 -P prefork \
+            --without-mingle --without-gossip --loglevel INFO --workdir "$ROOT" \
+            --pidfile "$RUN/worker-$queue.pid" --logfile "$LOG/worker-$queue.log" --detach
+    done
+    # Ready when RabbitMQ and Redis answer the API and the inference worker reported its models.
+    printf "stack: waiting for %s/health/ready and the inference worker " "$URL"
+    local deadline=$(( $(date +%s) + 120 ))
+    until curl -fsS "$URL/health/ready" 2>/dev/null | grep -q '"models"'; do
+        if (( $(date +%s) > deadline )); then
+            echo; echo "stack: not ready after 120 s; last log lines:" >&2
+            tail -n 20 "$LOG"/api.log "$LOG"/worker-*.log >&2 || true
+            exit 1
+        fi
+        printf "."
+        sleep 1
+    done
+    echo
+    local ms=$(( ($(date +%s%N) - started) / 1000000 ))
+    printf "stack: ready in %d.%03d s (API %s, workers: %s)\n" \
+        $(( ms / 1000 )) $(( ms % 1000 )) "$URL" "${QUEUES[*]}"
+}
+
+stop_pid() {  # stop_pid PIDFILE NAME
+    local file=$1 name=$2 pid
+    alive "$file" || { rm -f "$file"; return 0; }
+    pid=$(cat "$file")
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 40); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.5
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    rm -f "$file"
+    echo "stack: $name stopped"
+}
+
+stop() {
+    stop_pid "$RUN/api.pid" API
+    for queue in "${QUEUES[@]}"; do
+        stop_pid "$RUN/worker-$queue.pid" "$queue worker"
+    done
+    scripts/services.sh stop
+}
+
+status() {
+    alive "$RUN/api.pid" && echo "API: running ($URL)" || echo "API: stopped"
+    for queue in "${QUEUES[@]}"; do
+        alive "$RUN/worker-$queue.pid" && echo "$queue worker: running" \
+            || echo "$queue worker: stopped"
+    done
+    scripts/services.sh status
+}
+
+case ${1:-} in
+    start) start ;;
+    stop) stop ;;
+    status) status ;;
+    *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+esac
