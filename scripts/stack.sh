@@ -39,7 +39,7 @@ start() {
             continue
         fi
         "$BIN/celery" -A celery_worker.app worker -Q "$queue" -n "$queue@%h" -c 1 -P prefork \
-            --without-mingle --without-gossip --loglevel INFO --workdir "$ROOT" \
+            --without-mingle --without-gossip --loglevel INFO \
             --pidfile "$RUN/worker-$queue.pid" --logfile "$LOG/worker-$queue.log" --detach
     done
     # Ready when RabbitMQ and Redis answer the API and the inference worker reported its models.
