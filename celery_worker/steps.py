@@ -21,8 +21,14 @@ from celery_worker.app import app, context
 from celery_worker.context import WorkerContext
 from celery_worker.errors import JobGone, StepFailed
 from common.contract import Payload
+from common.jobstore import JobStore
 
 StepFunction = Callable[[WorkerContext, Payload], Payload]
+
+# A step whose worker died this many times is not tried again: the input probably
+# kills the worker (out of memory, a crash in native code), and retrying forever
+# would block the queue.
+MAX_REDELIVERIES = 2
 
 
 def job_step(task_name: str, step: str, final: bool = False) -> Callable[[StepFunction], Any]:
@@ -45,6 +51,9 @@ def job_step(task_name: str, step: str, final: bool = False) -> Callable[[StepFu
         def run(self: Any, payload: Payload) -> Payload:
             job_id = payload["job_id"]
             store = context.store
+            redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+            if redelivered and gave_up_after_redelivery(store, job_id, step):
+                raise Ignore()
             if not store.step_started(job_id, step):
                 _forget(job_id)
                 raise Ignore()
@@ -75,6 +84,20 @@ def job_step(task_name: str, step: str, final: bool = False) -> Callable[[StepFu
         return run
 
     return decorate
+
+
+def gave_up_after_redelivery(store: JobStore, job_id: str, step: str) -> bool:
+    """Count a redelivery (the last worker died mid-step); fail the job past the limit."""
+    count = store.count_redelivery(job_id, step)
+    if count <= MAX_REDELIVERIES:
+        return False
+    store.fail(
+        job_id,
+        step,
+        "worker-lost",
+        f"the worker running {step} died {count} times on this job; not retried again",
+    )
+    return True
 
 
 def _forget(job_id: str) -> None:

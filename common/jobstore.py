@@ -186,6 +186,10 @@ class JobStore:
 
         return self._transition(job_id, ACTIVE_STATES, "cancelled", update)
 
+    def count_redelivery(self, job_id: str, step: str) -> int:
+        """Count one more delivery of ``step`` after its worker died; returns the total."""
+        return int(self.redis.hincrby(self.job_key(job_id), f"redeliveries:{step}", 1))
+
     def delete(self, job_id: str) -> None:
         with self.redis.pipeline() as pipe:
             pipe.delete(self.job_key(job_id), self.result_key(job_id))

@@ -129,3 +129,17 @@ def test_delete_removes_everything(store: JobStore) -> None:
 def test_janitor_runs_once_per_period(store: JobStore) -> None:
     assert store.claim_janitor_run(60)
     assert not store.claim_janitor_run(60)
+
+
+def test_a_step_whose_worker_keeps_dying_fails_the_job(store: JobStore) -> None:
+    from celery_worker.steps import MAX_REDELIVERIES, gave_up_after_redelivery
+
+    job_id = new_job(store)
+    store.step_started(job_id, "inference")
+    for _ in range(MAX_REDELIVERIES):
+        assert not gave_up_after_redelivery(store, job_id, "inference")
+    assert gave_up_after_redelivery(store, job_id, "inference")
+    record = store.get(job_id)
+    assert record is not None and record["state"] == "failed"
+    assert record["error"]["kind"] == "worker-lost"
+    assert f"died {MAX_REDELIVERIES + 1} times" in record["error"]["detail"]
