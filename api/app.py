@@ -37,10 +37,13 @@ def create_app(
         SPEC.name,
         strict_validation=True,
         validate_responses=True,
-        swagger_ui_options=connexion.options.SwaggerUIOptions(swagger_ui_path="/ui"),
+        swagger_ui_options=connexion.options.SwaggerUIOptions(
+            swagger_ui_path="/ui", serve_spec=False
+        ),
     )
     app.app.extensions[EXTENSION_KEY] = services
     app.app.add_url_rule("/", "swagger_ui_root", swagger_page.index)
+    app.app.add_url_rule("/openapi.json", "openapi_json", lambda: swagger_page.spec_view(SPEC))
     app.add_error_handler(ApiError, _problem)
     app.add_error_handler(redis.RedisError, _redis_down)
     app.add_error_handler(OperationalError, _broker_down)

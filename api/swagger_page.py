@@ -1,12 +1,22 @@
-"""Swagger UI at the root URL.
+"""Swagger UI at the root URL, and the spec as written at ``/openapi.json``.
 
 Connexion's own ``swagger_ui_path="/"`` breaks on the first request (connexion
 issue 1851), so the UI stays at ``/ui/`` (assets included) and ``/`` serves the
-same page pointing at those assets and at ``/openapi.json``. This is the one
-route not in the spec.
+same page pointing at those assets and at ``/openapi.json``.
+
+Connexion would serve the spec with every ``$ref`` inlined, which makes client
+generators invent a model per operation (``CreateJobResponse202`` instead of
+``Job``); ``/openapi.json`` serves it as written instead. These two are the only
+routes not in the spec.
 """
 
 from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+
+import yaml
 
 PAGE = """<!DOCTYPE html>
 <html lang="en">
@@ -36,3 +46,12 @@ PAGE = """<!DOCTYPE html>
 
 def index() -> tuple[str, int, dict[str, str]]:
     return PAGE, 200, {"Content-Type": "text/html; charset=utf-8"}
+
+
+@cache
+def _spec_json(path: Path) -> str:
+    return json.dumps(yaml.safe_load(path.read_text()))
+
+
+def spec_view(path: Path) -> tuple[str, int, dict[str, str]]:
+    return _spec_json(path), 200, {"Content-Type": "application/json"}
