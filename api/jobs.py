@@ -61,7 +61,8 @@ def submit(
             "height": header.height,
         }
         task_ids = step_task_ids(job_id, pipeline)
-        record = svc.store.create(job_id, pipeline, options, input_info, task_ids)
+        callback = str(fields["callback_url"]) if fields.get("callback_url") else None
+        record = svc.store.create(job_id, pipeline, options, input_info, task_ids, callback)
     except BaseException:
         svc.storage.remove_job(job_id)
         raise

@@ -12,7 +12,7 @@ from api.errors import BadRequest
 from common.contract import PIPELINES, Option, Pipeline
 
 # Multipart fields that are not options.
-NON_OPTIONS = frozenset({"file", "pipeline"})
+NON_OPTIONS = frozenset({"file", "pipeline", "callback_url"})
 
 
 def get_pipeline(name: str) -> Pipeline:

@@ -34,6 +34,8 @@ def job_view(record: dict[str, Any]) -> dict[str, Any]:
         "step": record.get("step"),
         "options": record.get("options") or {},
         "input": _input_view(record.get("input") or {}),
+        "callback_url": record.get("callback_url"),
+        "notification": record.get("notification"),
         "submitted_at": record["submitted_at"],
         "finished_at": record.get("finished_at"),
         "steps": [_step_view(s) for s in record.get("steps") or []],

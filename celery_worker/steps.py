@@ -20,7 +20,7 @@ from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from celery_worker.app import app, context
 from celery_worker.context import WorkerContext
 from celery_worker.errors import JobGone, StepFailed
-from common.contract import Payload
+from common.contract import QUEUE_POSTPROCESS, TASK_NOTIFY, Payload
 from common.jobstore import JobStore
 
 StepFunction = Callable[[WorkerContext, Payload], Payload]
@@ -64,19 +64,21 @@ def job_step(task_name: str, step: str, final: bool = False) -> Callable[[StepFu
                 _forget(job_id)
                 raise Ignore() from None
             except StepFailed as exc:
-                store.fail(job_id, step, exc.kind, str(exc))
+                _fail(job_id, step, exc.kind, str(exc))
                 raise Ignore() from None
             except SoftTimeLimitExceeded:
                 limit = context.settings.step_time_limit_seconds
-                store.fail(job_id, step, "timeout", f"the {step} step ran over {limit} s")
+                _fail(job_id, step, "timeout", f"the {step} step ran over {limit} s")
                 raise Ignore() from None
             except (redis.ConnectionError, redis.TimeoutError):
                 raise
             except Exception as exc:
-                store.fail(job_id, step, "internal", f"{type(exc).__name__}: {exc}")
+                _fail(job_id, step, "internal", f"{type(exc).__name__}: {exc}")
                 raise
             out.setdefault("timings", {})[step] = round(time.perf_counter() - started, 4)
-            if not final and not store.step_finished(job_id, step):
+            if final:
+                notify(job_id)
+            elif not store.step_finished(job_id, step):
                 _forget(job_id)
                 raise Ignore()
             return out
@@ -91,13 +93,25 @@ def gave_up_after_redelivery(store: JobStore, job_id: str, step: str) -> bool:
     count = store.count_redelivery(job_id, step)
     if count <= MAX_REDELIVERIES:
         return False
-    store.fail(
+    if store.fail(
         job_id,
         step,
         "worker-lost",
         f"the worker running {step} died {count} times on this job; not retried again",
-    )
+    ):
+        notify(job_id)
     return True
+
+
+def _fail(job_id: str, step: str, kind: str, detail: str) -> None:
+    if context.store.fail(job_id, step, kind, detail):
+        notify(job_id)
+
+
+def notify(job_id: str) -> None:
+    """Queue the job's callback, if it asked for one (sent by ``tasks.notify``)."""
+    if context.store.callback_url(job_id):
+        app.send_task(TASK_NOTIFY, args=(job_id,), queue=QUEUE_POSTPROCESS)
 
 
 def _forget(job_id: str) -> None:

@@ -26,6 +26,7 @@ TASK_INFER_DETECT = "cv.inference.detect"
 TASK_INFER_FACES = "cv.inference.faces"
 TASK_POSTPROCESS_DETECT = "cv.postprocess.detect"
 TASK_POSTPROCESS_BLUR = "cv.postprocess.blur_faces"
+TASK_NOTIFY = "cv.postprocess.notify"
 
 # Celery routes by task-name prefix: "cv.<queue>.<what>".
 TASK_ROUTES = {f"cv.{queue}.*": {"queue": queue} for queue in QUEUES}

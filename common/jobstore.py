@@ -67,6 +67,7 @@ class JobStore:
         options: dict[str, Any],
         input_info: dict[str, Any],
         task_ids: Sequence[str],
+        callback_url: str | None = None,
     ) -> dict[str, Any]:
         """Record a new queued job; returns the record as ``get`` would."""
         submitted = time.time()
@@ -92,6 +93,8 @@ class JobStore:
             "task_ids": json.dumps(list(task_ids)),
             "error": "",
             "artifacts": "[]",
+            "callback_url": callback_url or "",
+            "notification": "",
         }
         key = self.job_key(job_id)
         with self.redis.pipeline() as pipe:
@@ -186,6 +189,14 @@ class JobStore:
 
         return self._transition(job_id, ACTIVE_STATES, "cancelled", update)
 
+    def callback_url(self, job_id: str) -> str | None:
+        value = self.redis.hget(self.job_key(job_id), "callback_url")
+        return str(value) if value else None
+
+    def set_notification(self, job_id: str, outcome: str) -> None:
+        if self.redis.exists(self.job_key(job_id)):
+            self.redis.hset(self.job_key(job_id), "notification", outcome)
+
     def count_redelivery(self, job_id: str, step: str) -> int:
         """Count one more delivery of ``step`` after its worker died; returns the total."""
         return int(self.redis.hincrby(self.job_key(job_id), f"redeliveries:{step}", 1))
@@ -263,7 +274,7 @@ def _decode(raw: dict[str, Any]) -> dict[str, Any]:
     for name in _JSON_FIELDS:
         value = record.get(name)
         record[name] = json.loads(value) if value else None
-    for name in ("step", "finished_at"):
+    for name in ("step", "finished_at", "callback_url", "notification"):
         record[name] = record.get(name) or None
     record.pop("submitted_ts", None)
     return record

@@ -1,0 +1,117 @@
+"""Job callbacks: a local receiver gets a POST when a job succeeds or fails."""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.api import run_job, submit
+from tests.support.jobs import wait_until
+
+pytestmark = [pytest.mark.broker, pytest.mark.workers]
+
+
+class Receiver:
+    """An HTTP server on 127.0.0.1 that answers ``statuses`` in turn, then 204s."""
+
+    def __init__(self) -> None:
+        self.calls: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.statuses: list[int] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                status = receiver.statuses.pop(0) if receiver.statuses else 204
+                receiver.calls.put(
+                    {
+                        "path": self.path,
+                        "status": status,
+                        "json": json.loads(body),
+                        "content_type": self.headers["Content-Type"],
+                    }
+                )
+                self.send_response(status)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def next_call(self, timeout: float = 30) -> dict[str, Any]:
+        return self.calls.get(timeout=timeout)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    receiver = Receiver()
+    thread = threading.Thread(target=receiver.server.serve_forever, daemon=True)
+    thread.start()
+    yield receiver
+    receiver.server.shutdown()
+    receiver.server.server_close()
+
+
+def test_success_is_posted_to_the_callback(
+    api_client: Any, assets: Path, receiver: Receiver
+) -> None:
+    job = run_job(
+        api_client,
+        assets / "zidane.jpg",
+        {"pipeline": "blur-faces", "callback_url": f"{receiver.url}/hook?x=1"},
+    )
+    call = receiver.next_call()
+    assert call["path"] == "/hook?x=1" and call["content_type"] == "application/json"
+    body = call["json"]
+    assert body["id"] == job["id"] and body["state"] == "succeeded"
+    assert body["links"]["result"] == f"/v1/jobs/{job['id']}/result"
+    assert body["links"]["artifacts"] == [f"/v1/jobs/{job['id']}/artifacts/blurred.jpg"]
+    record = wait_until(
+        lambda: (j := api_client.get(f"/v1/jobs/{job['id']}").json())["notification"] and j,
+        10,
+        "the delivery to be recorded",
+    )
+    assert record["notification"].startswith("delivered (HTTP 204)")
+    assert record["callback_url"] == f"{receiver.url}/hook?x=1"
+
+
+def test_failure_is_posted_and_a_refusing_receiver_gets_retried(
+    api_client: Any, assets: Path, receiver: Receiver
+) -> None:
+    receiver.statuses = [500]
+    data = (assets / "bus.jpg").read_bytes()
+    response = submit(
+        api_client, data[: len(data) // 2], {"pipeline": "blur-faces", "callback_url": receiver.url}
+    )
+    job_id = response.json()["id"]
+    first = receiver.next_call()
+    assert first["status"] == 500 and first["json"]["state"] == "failed"
+    assert first["json"]["error"]["kind"] == "input"
+    second = receiver.next_call(timeout=30)  # retried after the back-off
+    assert second["status"] == 204 and second["json"]["id"] == job_id
+    wait_until(
+        lambda: (api_client.get(f"/v1/jobs/{job_id}").json()["notification"] or "").startswith(
+            "delivered"
+        ),
+        10,
+        "the retry to be recorded",
+    )
+
+
+def test_callback_url_must_be_http(api_client: Any, assets: Path) -> None:
+    response = submit(
+        api_client,
+        assets / "zidane.jpg",
+        {"pipeline": "blur-faces", "callback_url": "file:///etc/passwd"},
+    )
+    assert response.status_code == 400
+    assert "callback_url" in response.json()["detail"]
