@@ -89,8 +89,7 @@ def draw_detections(
     canvas = image.copy()
     thickness = max(1, round(sum(canvas.shape[:2]) / 600))
     for index, (box, label) in enumerate(zip(boxes, labels, strict=True)):
-        # one colour per class name, the same in every process (str hash is salted)
-        colour = _colour(zlib.crc32(label.split(" ")[0].encode()) if label else index)
+        colour = colour_for(label.split(" ")[0]) if label else _colour(index)
         x1, y1, x2, y2 = (round(float(v)) for v in box)
         cv2.rectangle(canvas, (x1, y1), (x2, y2), colour, thickness, cv2.LINE_AA)
         if draw_labels and label:
@@ -110,6 +109,11 @@ def draw_detections(
                 cv2.LINE_AA,
             )
     return canvas
+
+
+def colour_for(class_name: str) -> tuple[int, int, int]:
+    """One colour per class name, the same in every process (str hash is salted)."""
+    return _colour(zlib.crc32(class_name.encode()))
 
 
 def _colour(seed: int) -> tuple[int, int, int]:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from celery_worker.errors import ModelUnavailable
-from common.contract import MODEL_MTCNN, MODEL_YOLO_DETECT
+from common.contract import MODEL_MTCNN, MODEL_YOLO_DETECT, MODEL_YOLO_SEGMENT
 from common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ class ModelRegistry:
         if spec.weights is not None and not spec.weights.is_file():
             raise ModelUnavailable(
                 f"model {name!r}: no weights file at {spec.weights}; "
-                "put a YOLO .pt file there or set CV_DETECT_WEIGHTS"
+                f"put a YOLO {spec.task} .pt file there or set CV_{spec.task.upper()}_WEIGHTS"
             )
         device = pick_device(self.device_preference)
         try:
@@ -116,6 +116,12 @@ def default_specs(settings: Settings) -> dict[str, ModelSpec]:
             task="detect",
             loader=load_yolo,
             weights=settings.resolve(settings.detect_weights),
+        ),
+        MODEL_YOLO_SEGMENT: ModelSpec(
+            name=MODEL_YOLO_SEGMENT,
+            task="segment",
+            loader=load_yolo,
+            weights=settings.resolve(settings.segment_weights),
         ),
         MODEL_MTCNN: ModelSpec(name=MODEL_MTCNN, task="faces", loader=load_mtcnn),
     }

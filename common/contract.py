@@ -24,8 +24,10 @@ QUEUES = (QUEUE_PREPROCESS, QUEUE_INFERENCE, QUEUE_POSTPROCESS)
 TASK_PREPROCESS_IMAGE = "cv.preprocess.image"
 TASK_INFER_DETECT = "cv.inference.detect"
 TASK_INFER_FACES = "cv.inference.faces"
+TASK_INFER_SEGMENT = "cv.inference.segment"
 TASK_POSTPROCESS_DETECT = "cv.postprocess.detect"
 TASK_POSTPROCESS_BLUR = "cv.postprocess.blur_faces"
+TASK_POSTPROCESS_SEGMENT = "cv.postprocess.segment"
 TASK_NOTIFY = "cv.postprocess.notify"
 
 # Celery routes by task-name prefix: "cv.<queue>.<what>".
@@ -38,6 +40,7 @@ JOB_STATES: tuple[JobState, ...] = ACTIVE_STATES + TERMINAL_STATES
 
 # Model names the workers' registry knows; pipelines name the one they need.
 MODEL_YOLO_DETECT = "yolo-detect"
+MODEL_YOLO_SEGMENT = "yolo-segment"
 MODEL_MTCNN = "mtcnn-faces"
 
 OptionType = Literal["number", "integer", "boolean", "string", "class-list"]
@@ -85,6 +88,15 @@ class Pipeline:
 _OUTPUT_FORMAT = Option(
     "output_format", "string", "jpeg", "Image format of the artifact.", enum=("jpeg", "png")
 )
+# The YOLO options detect and segment share.
+_YOLO_OPTIONS = (
+    Option("confidence", "number", 0.25, "Minimum detection confidence.", 0, 1),
+    Option("iou", "number", 0.7, "IoU threshold of non-maximum suppression.", 0, 1),
+    Option("max_detections", "integer", 300, "Most boxes kept.", 1, 1000),
+    Option("classes", "class-list", None, "Class ids to keep (default all)."),
+    Option("image_size", "integer", 640, "Model input size (multiple of 32).", 32, 2048),
+    Option("draw_labels", "boolean", True, "Write class and score beside boxes."),
+)
 
 PIPELINES: dict[str, Pipeline] = {
     pipeline.name: pipeline
@@ -101,15 +113,24 @@ PIPELINES: dict[str, Pipeline] = {
                 Step("inference", TASK_INFER_DETECT, QUEUE_INFERENCE),
                 Step("postprocess", TASK_POSTPROCESS_DETECT, QUEUE_POSTPROCESS),
             ),
+            options=(*_YOLO_OPTIONS, _OUTPUT_FORMAT),
+        ),
+        Pipeline(
+            name="segment",
+            description=(
+                "Instance segmentation with an Ultralytics YOLO segmentation model: per instance "
+                "the box, class, score and mask outline (polygons, optional RLE) in original "
+                "image pixels; an overlay image and a label map (instance id per pixel)."
+            ),
+            model=MODEL_YOLO_SEGMENT,
+            steps=(
+                Step("preprocess", TASK_PREPROCESS_IMAGE, QUEUE_PREPROCESS),
+                Step("inference", TASK_INFER_SEGMENT, QUEUE_INFERENCE),
+                Step("postprocess", TASK_POSTPROCESS_SEGMENT, QUEUE_POSTPROCESS),
+            ),
             options=(
-                Option("confidence", "number", 0.25, "Minimum detection confidence.", 0, 1),
-                Option("iou", "number", 0.7, "IoU threshold of non-maximum suppression.", 0, 1),
-                Option("max_detections", "integer", 300, "Most boxes kept.", 1, 1000),
-                Option("classes", "class-list", None, "Class ids to keep (default all)."),
-                Option(
-                    "image_size", "integer", 640, "Model input size (multiple of 32).", 32, 2048
-                ),
-                Option("draw_labels", "boolean", True, "Write class and score beside boxes."),
+                *_YOLO_OPTIONS,
+                Option("rle", "boolean", False, "Also give each mask as COCO run-length encoding."),
                 _OUTPUT_FORMAT,
             ),
         ),
@@ -169,6 +190,7 @@ class Payload(TypedDict, total=False):
     model_input_key: str
     letterbox: Letterbox
     raw: dict[str, Any]
+    masks_key: str
     model: dict[str, Any]
     timings: dict[str, float]
 

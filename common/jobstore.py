@@ -160,7 +160,12 @@ class JobStore:
     def succeed(
         self, job_id: str, step: str, result: dict[str, Any], artifacts: list[dict[str, Any]]
     ) -> bool:
-        """Store the result, finish ``step`` and mark the job succeeded (unless cancelled)."""
+        """Store the result, finish ``step`` and mark the job succeeded (unless cancelled).
+
+        The result is written in the same transaction as the state, so a client that
+        sees ``succeeded`` can always read the result.
+        """
+        document = json.dumps(result)
 
         def update(record: dict[str, Any]) -> dict[str, str]:
             return {
@@ -170,10 +175,10 @@ class JobStore:
                 "artifacts": json.dumps(artifacts),
             }
 
-        done = self._transition(job_id, ACTIVE_STATES, "succeeded", update)
-        if done:
-            self.redis.set(self.result_key(job_id), json.dumps(result), ex=self.ttl)
-        return done
+        def store_result(pipe: Any) -> None:
+            pipe.set(self.result_key(job_id), document, ex=self.ttl)
+
+        return self._transition(job_id, ACTIVE_STATES, "succeeded", update, store_result)
 
     def fail(self, job_id: str, step: str | None, kind: str, detail: str) -> bool:
         error = {"step": step, "kind": kind, "detail": detail}
@@ -213,6 +218,7 @@ class JobStore:
         allowed_from: Iterable[str],
         new_state: JobState,
         update: Any,
+        also: Any = None,
     ) -> bool:
         key = self.job_key(job_id)
         allowed = set(allowed_from)
@@ -230,6 +236,8 @@ class JobStore:
                 score = float(raw.get("submitted_ts") or time.time())
                 pipe.zrem(self.index_key(raw["state"]), job_id)
                 pipe.zadd(self.index_key(new_state), {job_id: score})
+            if also is not None:
+                also(pipe)
             return True
 
         return bool(self.redis.transaction(attempt, key, value_from_callable=True))

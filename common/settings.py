@@ -29,6 +29,7 @@ class Settings:
     storage_dir: Path = Path("var/storage")
     models_dir: Path = Path("models")
     detect_weights: Path = Path("models/yolov8n.pt")
+    segment_weights: Path = Path("models/yolo11n-seg.pt")
     device: str = "auto"
     max_upload_bytes: int = 25 * 1024 * 1024
     max_image_pixels: int = 40_000_000

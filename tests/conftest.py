@@ -73,10 +73,23 @@ def yolo_weights(stack_dir: Path, assets: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def stack_env(stack_dir: Path, yolo_weights: Path) -> Iterator[dict[str, str]]:
+def yolo_seg_weights(stack_dir: Path, assets: Path) -> Path:
+    from tests.support.yolo import build_firing_yolo
+
+    return build_firing_yolo(
+        stack_dir / "models" / "yolo11n-seg-test.pt",
+        [assets / "bus.jpg", assets / "zidane.jpg"],
+        arch="yolo11n-seg.yaml",
+    )
+
+
+@pytest.fixture(scope="session")
+def stack_env(
+    stack_dir: Path, yolo_weights: Path, yolo_seg_weights: Path
+) -> Iterator[dict[str, str]]:
     stack.require_servers()
     stack.fresh_vhost()
-    env = stack.stack_environment(stack_dir, yolo_weights)
+    env = stack.stack_environment(stack_dir, yolo_weights, yolo_seg_weights)
     yield env
     client = redis.Redis.from_url(env["CV_REDIS_URL"])
     keys = list(client.scan_iter(match=env["CV_REDIS_PREFIX"] + ":*"))

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from celery_worker.adapters import from_mtcnn, from_ultralytics
 from celery_worker.context import WorkerContext
 from celery_worker.errors import InputError
+from celery_worker.masks import pack
 from celery_worker.steps import job_step
 from common.contract import (
     MODEL_MTCNN,
     MODEL_YOLO_DETECT,
+    MODEL_YOLO_SEGMENT,
     TASK_INFER_DETECT,
     TASK_INFER_FACES,
+    TASK_INFER_SEGMENT,
     Payload,
 )
 
@@ -27,10 +32,8 @@ def _model_input(ctx: WorkerContext, payload: Payload) -> np.ndarray:
         raise InputError("the preprocessed image is missing from storage") from exc
 
 
-@job_step(TASK_INFER_DETECT, "inference")
-def infer_detect(ctx: WorkerContext, payload: Payload) -> Payload:
-    """YOLO on the letterboxed image; boxes stay in model-input pixels until postprocess."""
-    loaded = ctx.models.get(MODEL_YOLO_DETECT)
+def _predict_yolo(ctx: WorkerContext, payload: Payload, model_name: str) -> tuple[Any, Any]:
+    loaded = ctx.models.get(model_name)
     options = payload["options"]
     image = _model_input(ctx, payload)
     results = loaded.model.predict(
@@ -43,7 +46,34 @@ def infer_detect(ctx: WorkerContext, payload: Payload) -> Payload:
         device=loaded.device,
         verbose=False,
     )
-    return {**payload, "raw": from_ultralytics(results[0]), "model": loaded.info}
+    return loaded, results[0]
+
+
+@job_step(TASK_INFER_DETECT, "inference")
+def infer_detect(ctx: WorkerContext, payload: Payload) -> Payload:
+    """YOLO on the letterboxed image; boxes stay in model-input pixels until postprocess."""
+    loaded, result = _predict_yolo(ctx, payload, MODEL_YOLO_DETECT)
+    return {**payload, "raw": from_ultralytics(result), "model": loaded.info}
+
+
+@job_step(TASK_INFER_SEGMENT, "inference")
+def infer_segment(ctx: WorkerContext, payload: Payload) -> Payload:
+    """YOLO-seg: boxes as for detect, masks (model-input size) to a bit-packed file."""
+    loaded, result = _predict_yolo(ctx, payload, MODEL_YOLO_SEGMENT)
+    raw = from_ultralytics(result)
+    height, width = _model_input_shape(payload)
+    masks = (
+        result.masks.data.cpu().numpy() > 0.5
+        if result.masks is not None
+        else np.zeros((0, height, width), bool)
+    )
+    key = ctx.storage.key(payload["job_id"], "work", "masks.npz")
+    ctx.storage.write_bytes(key, pack(masks))
+    return {**payload, "raw": raw, "masks_key": key, "model": loaded.info}
+
+
+def _model_input_shape(payload: Payload) -> tuple[int, int]:
+    return payload["letterbox"]["height"], payload["letterbox"]["width"]
 
 
 @job_step(TASK_INFER_FACES, "inference")

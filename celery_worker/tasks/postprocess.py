@@ -8,14 +8,23 @@ from typing import Any
 
 import numpy as np
 
+from celery_worker import masks
 from celery_worker.context import WorkerContext
 from celery_worker.errors import JobGone
-from celery_worker.imaging import decode_image, draw_detections, encode, hide_regions, unletterbox
+from celery_worker.imaging import (
+    colour_for,
+    decode_image,
+    draw_detections,
+    encode,
+    hide_regions,
+    unletterbox,
+)
 from celery_worker.janitor import purge_expired
 from celery_worker.steps import job_step
 from common.contract import (
     TASK_POSTPROCESS_BLUR,
     TASK_POSTPROCESS_DETECT,
+    TASK_POSTPROCESS_SEGMENT,
     Payload,
     artifact_content_type,
 )
@@ -24,11 +33,9 @@ log = logging.getLogger(__name__)
 JANITOR_EVERY_SECONDS = 600
 
 
-@job_step(TASK_POSTPROCESS_DETECT, "postprocess", final=True)
-def postprocess_detect(ctx: WorkerContext, payload: Payload) -> Payload:
-    """Boxes to original pixels, the annotated image, the result document."""
-    started = time.perf_counter()
-    options, raw = payload["options"], payload["raw"]
+def _yolo_detections(payload: Payload) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """YOLO boxes mapped to original pixels, as result entries (in model order)."""
+    raw = payload["raw"]
     names = payload["model"].get("names", {})
     width, height = payload["image"]["width"], payload["image"]["height"]
     boxes = unletterbox(np.asarray(raw["boxes"]), payload["letterbox"], width, height)
@@ -41,11 +48,50 @@ def postprocess_detect(ctx: WorkerContext, payload: Payload) -> Payload:
         }
         for box, score, cls in zip(boxes, raw["scores"], raw["classes"], strict=True)
     ]
+    return boxes, detections
+
+
+def _labels(detections: list[dict[str, Any]]) -> list[str]:
+    return [f"{d['class_name']} {d['confidence']:.2f}" for d in detections]
+
+
+@job_step(TASK_POSTPROCESS_DETECT, "postprocess", final=True)
+def postprocess_detect(ctx: WorkerContext, payload: Payload) -> Payload:
+    """Boxes to original pixels, the annotated image, the result document."""
+    started = time.perf_counter()
+    options = payload["options"]
+    boxes, detections = _yolo_detections(payload)
     image = decode_image(ctx.storage.path(payload["input_key"]), ctx.settings.max_image_pixels)
-    labels = [f"{d['class_name']} {d['confidence']:.2f}" for d in detections]
-    annotated = draw_detections(image, boxes, labels, bool(options["draw_labels"]))
+    annotated = draw_detections(image, boxes, _labels(detections), bool(options["draw_labels"]))
     artifact = _write_artifact(ctx, payload, "annotated", annotated, options["output_format"])
     return _finish(ctx, payload, detections, [artifact], started)
+
+
+@job_step(TASK_POSTPROCESS_SEGMENT, "postprocess", final=True)
+def postprocess_segment(ctx: WorkerContext, payload: Payload) -> Payload:
+    """Masks to original pixels: outlines (and RLE), an overlay and a label map."""
+    started = time.perf_counter()
+    options = payload["options"]
+    width, height = payload["image"]["width"], payload["image"]["height"]
+    box = payload["letterbox"]
+    boxes, detections = _yolo_detections(payload)
+    low_res = masks.unpack(ctx.storage.path(payload["masks_key"]).read_bytes())
+    if len(low_res) != len(detections):
+        raise RuntimeError(f"{len(low_res)} masks for {len(detections)} boxes")
+    full_res = []
+    for detection, mask in zip(detections, low_res, strict=True):
+        detection["polygons"] = masks.polygons(mask, box, width, height)
+        original = masks.to_original(mask, box, width, height)
+        detection["area"] = int(original.sum())
+        if options["rle"]:
+            detection["rle"] = masks.rle(original)
+        full_res.append(original)
+    image = decode_image(ctx.storage.path(payload["input_key"]), ctx.settings.max_image_pixels)
+    tinted = masks.overlay(image, full_res, [colour_for(d["class_name"]) for d in detections])
+    annotated = draw_detections(tinted, boxes, _labels(detections), bool(options["draw_labels"]))
+    overlay = _write_artifact(ctx, payload, "overlay", annotated, options["output_format"])
+    labels = _store(ctx, payload, "labels.png", masks.label_map_png(full_res, height, width))
+    return _finish(ctx, payload, detections, [overlay, labels], started)
 
 
 @job_step(TASK_POSTPROCESS_BLUR, "postprocess", final=True)
@@ -95,7 +141,10 @@ def _write_artifact(
     ctx: WorkerContext, payload: Payload, stem: str, image: np.ndarray, fmt: str
 ) -> dict[str, Any]:
     name = f"{stem}.{'png' if fmt == 'png' else 'jpg'}"
-    data = encode(image, fmt)
+    return _store(ctx, payload, name, encode(image, fmt))
+
+
+def _store(ctx: WorkerContext, payload: Payload, name: str, data: bytes) -> dict[str, Any]:
     ctx.storage.write_bytes(ctx.storage.key(payload["job_id"], "artifacts", name), data)
     return {"name": name, "content_type": artifact_content_type(name), "bytes": len(data)}
 

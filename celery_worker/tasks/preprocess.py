@@ -32,7 +32,9 @@ def preprocess_image(ctx: WorkerContext, payload: Payload) -> Payload:
     if PIPELINES[payload["pipeline"]].model == MODEL_MTCNN:
         model_input, box = _for_faces(image)
     else:
-        auto = ctx.settings.resolve(ctx.settings.detect_weights).suffix == ".pt"
+        # Ultralytics pads PyTorch models to the smallest stride multiple, exported ones square.
+        weights = ctx.models.specs[PIPELINES[payload["pipeline"]].model].weights
+        auto = weights is None or weights.suffix == ".pt"
         model_input, box = letterbox(image, int(payload["options"]["image_size"]), auto=auto)
     key = ctx.storage.key(job_id, "work", MODEL_INPUT)
     buffer = io.BytesIO()

@@ -54,7 +54,7 @@ def test_generated_client_submits_polls_and_downloads(
 
     client = generated.Client(base_url=http_api, raise_on_unexpected_status=True)
     catalogue = list_pipelines.sync(client=client)
-    assert {p.name for p in catalogue.pipelines} == {"detect", "blur-faces"}
+    assert {p.name for p in catalogue.pipelines} == {"detect", "segment", "blur-faces"}
 
     with (assets / "zidane.jpg").open("rb") as photo:
         body = JobSubmission(

@@ -63,13 +63,14 @@ def fresh_vhost(name: str = VHOST) -> str:
     return name
 
 
-def stack_environment(tmp: Path, weights: Path) -> dict[str, str]:
+def stack_environment(tmp: Path, weights: Path, segment_weights: Path) -> dict[str, str]:
     env = {
         "CV_BROKER_URL": f"amqp://guest:guest@127.0.0.1:5672/{VHOST}",
         "CV_REDIS_URL": "redis://127.0.0.1:6379/1",
         "CV_REDIS_PREFIX": f"cvtest-{uuid.uuid4().hex[:8]}",
         "CV_STORAGE_DIR": str(tmp / "storage"),
         "CV_DETECT_WEIGHTS": str(weights),
+        "CV_SEGMENT_WEIGHTS": str(segment_weights),
         "CV_DEVICE": "cpu",
         "CV_MAX_UPLOAD_BYTES": str(2 * 1024 * 1024),
         "CV_MAX_IMAGE_PIXELS": str(12_000_000),

@@ -18,7 +18,9 @@ import cv2
 import numpy as np
 
 
-def build_firing_yolo(path: Path, images: list[Path], arch: str = "yolov8n.yaml") -> Path:
+def build_firing_yolo(
+    path: Path, images: list[Path], arch: str = "yolov8n.yaml", bias: float = -1.3
+) -> Path:
     os.environ.setdefault("YOLO_OFFLINE", "1")
     import torch
     from ultralytics import YOLO
@@ -49,7 +51,7 @@ def build_firing_yolo(path: Path, images: list[Path], arch: str = "yolov8n.yaml"
     for head in net.model[-1].cv3:
         with torch.no_grad():
             head[-1].weight.copy_(torch.randn(head[-1].weight.shape, generator=generator) * 0.01)
-            head[-1].bias.fill_(-1.3)
+            head[-1].bias.fill_(bias)
     path.parent.mkdir(parents=True, exist_ok=True)
     model.save(str(path))
     return path
