@@ -134,7 +134,7 @@ def main() -> int:
                 )
 
     failures = 0
-    for pipeline in ("blur-faces", "detect"):
+    for pipeline in ("blur-faces", "detect", "segment"):
         if pipeline not in runnable:
             continue
         for photo in photos:
