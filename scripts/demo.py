@@ -126,11 +126,10 @@ def main() -> int:
             runnable.append(pipeline["name"])
         else:
             print(f"  {'':<11} why: {pipeline['unavailable_reason']}")
-            if pipeline["name"] == "detect":
+            if pipeline["name"] in ("detect", "segment"):
                 print(
-                    f"  {'':<11} to enable it: put a YOLO .pt file at models/yolov8n.pt "
-                    "(or set CV_DETECT_WEIGHTS), run `make stop && make demo`; see README, "
-                    "'Adding a model'"
+                    f"  {'':<11} to enable it: put the YOLO weights file there, then "
+                    "`make stop && make demo`; see README, 'Adding a model'"
                 )
 
     failures = 0
