@@ -142,6 +142,8 @@ def main() -> None:
     parser.add_argument("--api", default="http://127.0.0.1:8000")
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--posts", type=int, default=50)
+    parser.add_argument("--pipelines", nargs="*", help="only these (default: all available)")
+    parser.add_argument("--label", default="", help="a note saved with the figures")
     args = parser.parse_args()
 
     status, ready = request("GET", f"{args.api}/health/ready")
@@ -154,13 +156,17 @@ def main() -> None:
         "api": args.api,
         "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    report["post"] = post_latency(args.api, args.posts)
-    print(
-        f"POST /v1/jobs, {report['post']['upload_bytes']} byte JPEG, n={args.posts}: "
-        f"median {report['post']['median_ms']} ms, p95 {report['post']['p95_ms']} ms"
-    )
+    report["label"] = args.label
+    if args.posts:
+        report["post"] = post_latency(args.api, args.posts)
+        print(
+            f"POST /v1/jobs, {report['post']['upload_bytes']} byte JPEG, n={args.posts}: "
+            f"median {report['post']['median_ms']} ms, p95 {report['post']['p95_ms']} ms"
+        )
     for pipeline in catalogue["pipelines"]:
         name = pipeline["name"]
+        if args.pipelines and name not in args.pipelines:
+            continue
         if not pipeline["available"]:
             print(f"{name}: skipped, unavailable: {pipeline['unavailable_reason']}")
             report[name] = {"skipped": pipeline["unavailable_reason"]}

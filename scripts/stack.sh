@@ -11,11 +11,10 @@ BIN=$ROOT/.venv/bin
 QUEUES=(preprocess inference postprocess)
 mkdir -p "$RUN" "$LOG"
 
-set -a
-# shellcheck disable=SC1091
-[[ -f .env ]] && . ./.env
-set +a
-BIND=${CV_API_BIND:-127.0.0.1:8000}
+# The processes read .env themselves (common/settings.py), with the environment winning;
+# only the bind address is needed here.
+env_bind=$(sed -n 's/^CV_API_BIND=//p' .env 2>/dev/null | tail -n 1)
+BIND=${CV_API_BIND:-${env_bind:-127.0.0.1:8000}}
 URL="http://${BIND/0.0.0.0/127.0.0.1}"
 export YOLO_CONFIG_DIR=${YOLO_CONFIG_DIR:-$ROOT/var/ultralytics} YOLO_OFFLINE=1 YOLO_AUTOINSTALL=0
 
