@@ -17,6 +17,7 @@ from kombu.exceptions import OperationalError
 
 from api.chains import build_chain, step_task_ids
 from api.errors import (
+    BadRequest,
     Conflict,
     NotFound,
     PayloadTooLarge,
@@ -26,6 +27,8 @@ from api.errors import (
 )
 from api.options import get_pipeline, resolve_options
 from api.services import Services
+from common.callbacks import CallbackRefused, check_callback_url
+from common.celery_app import HARD_LIMIT_GRACE_SECONDS
 from common.contract import ACTIVE_STATES, Payload, Pipeline
 from common.images import ImageHeader, ImageUnprocessable, NotAnImage, inspect_image
 from common.storage import StorageKeyError
@@ -39,6 +42,15 @@ def submit(
     """Validate, store, record and queue a job; returns its record."""
     pipeline = get_pipeline(str(fields.get("pipeline", "")))
     options = resolve_options(pipeline, fields)
+    if fields.get("callback_url"):
+        try:
+            check_callback_url(
+                str(fields["callback_url"]),
+                svc.settings.callback_hosts,
+                svc.settings.callback_allow_loopback,
+            )
+        except CallbackRefused as exc:
+            raise BadRequest(str(exc)) from exc
     size = stream.seek(0, os.SEEK_END)
     if size > svc.settings.max_upload_bytes:
         raise PayloadTooLarge(
@@ -119,7 +131,12 @@ def get(svc: Services, job_id: str) -> dict[str, Any]:
     record = svc.store.get(job_id)
     if record is None:
         raise NotFound(f"no job {job_id} (never submitted, deleted, or expired)")
-    return record
+    return svc.store.fail_if_stuck(record, stuck_after(svc))
+
+
+def stuck_after(svc: Services) -> float:
+    """Seconds after which a running step is surely dead: past Celery's hard limit."""
+    return svc.settings.step_time_limit_seconds + HARD_LIMIT_GRACE_SECONDS + 30
 
 
 def result(svc: Services, job_id: str) -> dict[str, Any]:

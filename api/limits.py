@@ -1,22 +1,20 @@
 """ASGI middleware that refuses request bodies over the upload limit with a 413.
 
 It runs before Connexion parses the multipart body, so an oversized upload is
-neither buffered nor written anywhere. A declared Content-Length over the
-limit is refused before reading; a chunked body is counted as it streams.
+neither buffered nor written anywhere: a declared Content-Length over the limit
+is refused before a byte is read. (A body without Content-Length never reaches
+a handler: Connexion answers 400 for it.) The handler checks the file's own
+size against the limit once it is parsed.
 """
 
 from __future__ import annotations
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.errors import PROBLEM_JSON, PayloadTooLarge
 
 # Room for the multipart envelope and the small option fields around the file.
 MULTIPART_OVERHEAD = 64 * 1024
-
-
-class _TooLarge(Exception):
-    pass
 
 
 class BodySizeLimit:
@@ -33,33 +31,11 @@ class BodySizeLimit:
         if declared is not None and declared.isdigit() and int(declared) > self.max_body:
             await self._refuse(send, int(declared))
             return
-
-        seen = 0
-        started = False
-
-        async def counting_receive() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_body:
-                    raise _TooLarge
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, counting_receive, tracking_send)
-        except _TooLarge:
-            if not started:
-                await self._refuse(send, seen)
+        await self.app(scope, receive, send)
 
     async def _refuse(self, send: Send, size: int) -> None:
         error = PayloadTooLarge(
-            f"the request body is over {size} bytes; uploads are limited to "
+            f"the request body is {size} bytes; uploads are limited to "
             f"{self.max_upload} bytes (CV_MAX_UPLOAD_BYTES)"
         )
         body = error.body()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from common.contract import artifact_content_type
+from common.contract import artifact_content_type, artifact_href
 
 
 def job_url(job_id: str) -> str:
@@ -16,7 +16,7 @@ def artifact_links(job_id: str, artifacts: list[dict[str, Any]]) -> list[dict[st
     return [
         {
             "name": a["name"],
-            "href": f"{job_url(job_id)}/artifacts/{a['name']}",
+            "href": artifact_href(job_id, a["name"]),
             "content_type": a.get("content_type") or artifact_content_type(a["name"]),
             "bytes": a.get("bytes", 0),
         }

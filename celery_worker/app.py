@@ -81,6 +81,6 @@ def _forget_worker(**_: Any) -> None:
     if _serves_inference:
         name = f"{QUEUE_INFERENCE}@{socket.gethostname()}:{os.getpid()}"
         try:
-            context.store.redis.delete(context.store.worker_key(name))
+            context.store.forget_worker(name)
         except Exception:
             log.warning("could not remove the model report of %s", name)

@@ -25,8 +25,11 @@ def purge_expired(store: JobStore, storage: Storage, now: float | None = None) -
         storage.remove_job(job_id)
         store.delete(job_id)
     for job_id in storage.job_ids():
-        job_dir = storage.job_dir(job_id)
-        if store.state(job_id) is None and now - job_dir.stat().st_mtime > ORPHAN_AGE_SECONDS:
+        try:
+            age = now - storage.job_dir(job_id).stat().st_mtime
+        except FileNotFoundError:  # deleted meanwhile (API DELETE, a cancelled step)
+            continue
+        if age > ORPHAN_AGE_SECONDS and store.state(job_id) is None:
             storage.remove_job(job_id)
     return len(expired)
 

@@ -88,30 +88,21 @@ def decode_rle(document: dict[str, Any]) -> np.ndarray:
     return values.reshape((height, width), order="F")
 
 
-def label_map_png(masks: list[np.ndarray], height: int, width: int) -> bytes:
-    """PNG of instance ids (1..N, 0 = background); 16-bit when N > 255.
+def empty_label_map(count: int, height: int, width: int) -> np.ndarray:
+    """Zeros, 8-bit for up to 255 instances, else 16-bit."""
+    return np.zeros((height, width), dtype=np.uint8 if count < 256 else np.uint16)
 
-    Masks come in descending confidence; lower ones are painted first so that
-    where instances overlap, the more confident one wins.
-    """
-    dtype = np.uint8 if len(masks) < 256 else np.uint16
-    labels = np.zeros((height, width), dtype=dtype)
-    for index in range(len(masks), 0, -1):
-        labels[masks[index - 1]] = index
+
+def encode_png(labels: np.ndarray) -> bytes:
     ok, data = cv2.imencode(".png", labels)
     if not ok:
         raise RuntimeError("OpenCV could not encode the label map")
     return bytes(data.tobytes())
 
 
-def overlay(
-    image: np.ndarray,
-    masks: list[np.ndarray],
-    colours: list[tuple[int, int, int]],
-    alpha: float = 0.45,
-) -> np.ndarray:
-    """The image with each mask tinted in its colour."""
-    out = image.astype(np.float32)
-    for mask, colour in zip(masks, colours, strict=True):
-        out[mask] = out[mask] * (1 - alpha) + np.array(colour, np.float32) * alpha
-    return out.clip(0, 255).astype(np.uint8)
+def tint(
+    image: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int], alpha: float = 0.45
+) -> None:
+    """Blend ``colour`` into the masked pixels of ``image``, in place."""
+    pixels = image[mask].astype(np.float32)
+    image[mask] = (pixels * (1 - alpha) + np.array(colour, np.float32) * alpha).astype(np.uint8)

@@ -20,7 +20,7 @@ from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from celery_worker.app import app, context
 from celery_worker.context import WorkerContext
 from celery_worker.errors import JobGone, StepFailed
-from common.contract import QUEUE_POSTPROCESS, TASK_NOTIFY, Payload
+from common.contract import QUEUE_NOTIFY, TASK_NOTIFY, Payload
 from common.jobstore import JobStore
 
 StepFunction = Callable[[WorkerContext, Payload], Payload]
@@ -63,16 +63,20 @@ def job_step(task_name: str, step: str, final: bool = False) -> Callable[[StepFu
             except JobGone:
                 _forget(job_id)
                 raise Ignore() from None
-            except StepFailed as exc:
-                _fail(job_id, step, exc.kind, str(exc))
-                raise Ignore() from None
-            except SoftTimeLimitExceeded:
-                limit = context.settings.step_time_limit_seconds
-                _fail(job_id, step, "timeout", f"the {step} step ran over {limit} s")
-                raise Ignore() from None
             except (redis.ConnectionError, redis.TimeoutError):
                 raise
             except Exception as exc:
+                if store.state(job_id) != "running":
+                    # Cancelled (files removed) while the step ran: its failure is moot.
+                    _forget(job_id)
+                    raise Ignore() from None
+                if isinstance(exc, StepFailed):
+                    _fail(job_id, step, exc.kind, str(exc))
+                    raise Ignore() from None
+                if isinstance(exc, SoftTimeLimitExceeded):
+                    limit = context.settings.step_time_limit_seconds
+                    _fail(job_id, step, "timeout", f"the {step} step ran over {limit} s")
+                    raise Ignore() from None
                 _fail(job_id, step, "internal", f"{type(exc).__name__}: {exc}")
                 raise
             out.setdefault("timings", {})[step] = round(time.perf_counter() - started, 4)
@@ -91,7 +95,7 @@ def job_step(task_name: str, step: str, final: bool = False) -> Callable[[StepFu
 def gave_up_after_redelivery(store: JobStore, job_id: str, step: str) -> bool:
     """Count a redelivery (the last worker died mid-step); fail the job past the limit."""
     count = store.count_redelivery(job_id, step)
-    if count <= MAX_REDELIVERIES:
+    if count <= MAX_REDELIVERIES:  # 0: the job is gone; step_started refuses it next
         return False
     if store.fail(
         job_id,
@@ -111,7 +115,7 @@ def _fail(job_id: str, step: str, kind: str, detail: str) -> None:
 def notify(job_id: str) -> None:
     """Queue the job's callback, if it asked for one (sent by ``tasks.notify``)."""
     if context.store.callback_url(job_id):
-        app.send_task(TASK_NOTIFY, args=(job_id,), queue=QUEUE_POSTPROCESS)
+        app.send_task(TASK_NOTIFY, args=(job_id,), queue=QUEUE_NOTIFY)
 
 
 def _forget(job_id: str) -> None:

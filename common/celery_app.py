@@ -13,6 +13,10 @@ from kombu import Exchange, Queue
 from common.contract import QUEUES, TASK_ROUTES
 from common.settings import Settings
 
+# Seconds between a step's soft time limit (the job fails with kind "timeout") and the
+# hard one (its process is killed).
+HARD_LIMIT_GRACE_SECONDS = 30
+
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings; each line is a delivery guarantee the service relies on."""
@@ -50,7 +54,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "interval_max": 0.5,
         },
         "task_soft_time_limit": settings.step_time_limit_seconds,
-        "task_time_limit": settings.step_time_limit_seconds + 30,
+        "task_time_limit": settings.step_time_limit_seconds + HARD_LIMIT_GRACE_SECONDS,
         "worker_send_task_events": True,
         "task_send_sent_event": True,
     }

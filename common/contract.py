@@ -19,7 +19,9 @@ from typing import Any, Literal, TypedDict
 QUEUE_PREPROCESS = "preprocess"
 QUEUE_INFERENCE = "inference"
 QUEUE_POSTPROCESS = "postprocess"
-QUEUES = (QUEUE_PREPROCESS, QUEUE_INFERENCE, QUEUE_POSTPROCESS)
+# Callbacks wait on other people's servers: their own queue, so they never hold up a job.
+QUEUE_NOTIFY = "notify"
+QUEUES = (QUEUE_PREPROCESS, QUEUE_INFERENCE, QUEUE_POSTPROCESS, QUEUE_NOTIFY)
 
 TASK_PREPROCESS_IMAGE = "cv.preprocess.image"
 TASK_INFER_DETECT = "cv.inference.detect"
@@ -28,10 +30,16 @@ TASK_INFER_SEGMENT = "cv.inference.segment"
 TASK_POSTPROCESS_DETECT = "cv.postprocess.detect"
 TASK_POSTPROCESS_BLUR = "cv.postprocess.blur_faces"
 TASK_POSTPROCESS_SEGMENT = "cv.postprocess.segment"
-TASK_NOTIFY = "cv.postprocess.notify"
+TASK_NOTIFY = "cv.notify.job"
+TASK_JANITOR = "cv.postprocess.janitor"
 
 # Celery routes by task-name prefix: "cv.<queue>.<what>".
 TASK_ROUTES = {f"cv.{queue}.*": {"queue": queue} for queue in QUEUES}
+
+
+def artifact_href(job_id: str, name: str) -> str:
+    return f"/v1/jobs/{job_id}/artifacts/{name}"
+
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 ACTIVE_STATES: tuple[JobState, ...] = ("queued", "running")

@@ -6,7 +6,8 @@ Keys (prefix ``cv`` by default; human-readable, so they browse well in RedisInsi
 - ``cv:result:<id>``: the result document, a JSON string.
 - ``cv:jobs``: sorted set of every job id, scored by submission time (newest-first lists).
 - ``cv:jobs:<state>``: the same, one set per state, for filtered lists.
-- ``cv:worker:<name>``: JSON heartbeat of an inference worker process (models it holds).
+- ``cv:workers``: hash, one JSON report per inference worker process (its models, and
+  when the report goes stale); read on every submission, so one key, never a SCAN.
 
 Records and results expire after the configured TTL. State changes go through
 ``_transition``, a WATCH/MULTI transaction that refuses to leave a terminal
@@ -23,7 +24,7 @@ from typing import Any
 
 import redis
 
-from common.contract import ACTIVE_STATES, JOB_STATES, TERMINAL_STATES, JobState, Pipeline
+from common.contract import ACTIVE_STATES, JOB_STATES, JobState, Pipeline
 
 
 def now_iso() -> str:
@@ -56,8 +57,8 @@ class JobStore:
     def index_key(self, state: str | None = None) -> str:
         return f"{self.prefix}:jobs" if state is None else f"{self.prefix}:jobs:{state}"
 
-    def worker_key(self, name: str) -> str:
-        return f"{self.prefix}:worker:{name}"
+    def workers_key(self) -> str:
+        return f"{self.prefix}:workers"
 
     # create / read --------------------------------------------------------
     def create(
@@ -107,7 +108,7 @@ class JobStore:
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         raw = self.redis.hgetall(self.job_key(job_id))
-        return _decode(raw) if raw else None
+        return _decode(raw) if raw.get("id") else None
 
     def state(self, job_id: str) -> str | None:
         value = self.redis.hget(self.job_key(job_id), "state")
@@ -133,7 +134,7 @@ class JobStore:
         records = []
         gone = []
         for job_id, raw in zip(ids, raws, strict=True):
-            if raw:
+            if raw.get("id"):
                 records.append(_decode(raw))
             else:  # expired by its TTL; the janitor removes its files
                 gone.append(job_id)
@@ -188,6 +189,28 @@ class JobStore:
 
         return self._transition(job_id, ACTIVE_STATES, "failed", update)
 
+    def fail_if_stuck(self, record: dict[str, Any], limit_seconds: float) -> dict[str, Any]:
+        """Fail a job whose current step started more than ``limit_seconds`` ago.
+
+        A step past its hard time limit, or whose worker vanished without RabbitMQ
+        redelivering, would otherwise stay ``running`` until the record expires.
+        Returns the record as it is now.
+        """
+        if record["state"] != "running" or not record.get("step"):
+            return record
+        step = next((s for s in record["steps"] if s["name"] == record["step"]), None)
+        if step is None or not step.get("started_at") or step.get("finished_at"):
+            return record
+        started = datetime.fromisoformat(step["started_at"]).timestamp()
+        if time.time() - started <= limit_seconds:
+            return record
+        detail = (
+            f"the {step['name']} step did not finish within {limit_seconds:.0f} s "
+            "(its worker was stopped, killed or lost)"
+        )
+        self.fail(record["id"], step["name"], "timeout", detail)
+        return self.get(record["id"]) or record
+
     def cancel(self, job_id: str) -> bool:
         def update(record: dict[str, Any]) -> dict[str, str]:
             return {"step": "", "finished_at": now_iso()}
@@ -199,12 +222,15 @@ class JobStore:
         return str(value) if value else None
 
     def set_notification(self, job_id: str, outcome: str) -> None:
-        if self.redis.exists(self.job_key(job_id)):
-            self.redis.hset(self.job_key(job_id), "notification", outcome)
+        self.redis.eval(_HSET_IF_EXISTS, 1, self.job_key(job_id), "notification", outcome)
 
     def count_redelivery(self, job_id: str, step: str) -> int:
-        """Count one more delivery of ``step`` after its worker died; returns the total."""
-        return int(self.redis.hincrby(self.job_key(job_id), f"redeliveries:{step}", 1))
+        """Count one more delivery of ``step`` after its worker died; returns the total.
+
+        0 when the job is gone (nothing is written then: no record is recreated).
+        """
+        key = self.job_key(job_id)
+        return int(self.redis.eval(_HINCR_IF_EXISTS, 1, key, f"redeliveries:{step}"))
 
     def delete(self, job_id: str) -> None:
         with self.redis.pipeline() as pipe:
@@ -262,17 +288,38 @@ class JobStore:
 
     # worker reports -----------------------------------------------------------
     def report_worker(self, name: str, info: dict[str, Any], ttl_seconds: int) -> None:
-        self.redis.set(self.worker_key(name), json.dumps(info), ex=ttl_seconds)
+        """Record a worker's report, valid for ``ttl_seconds`` unless renewed."""
+        entry = {**info, "expires": time.time() + ttl_seconds}
+        self.redis.hset(self.workers_key(), name, json.dumps(entry))
+
+    def forget_worker(self, name: str) -> None:
+        self.redis.hdel(self.workers_key(), name)
 
     def workers(self) -> list[dict[str, Any]]:
-        keys = list(self.redis.scan_iter(match=self.worker_key("*"), count=200))
-        if not keys:
-            return []
-        return [json.loads(v) for v in self.redis.mget(keys) if v]
+        """Reports of the workers alive now; stale ones are dropped."""
+        now = time.time()
+        alive: list[tuple[str, dict[str, Any]]] = []
+        stale: list[tuple[str, dict[str, Any]]] = []
+        for name, value in self.redis.hgetall(self.workers_key()).items():
+            entry = json.loads(value)
+            (alive if entry.get("expires", 0) > now else stale).append((name, entry))
+        if stale:
+            self.redis.hdel(self.workers_key(), *[name for name, _ in stale])
+        return [entry for _, entry in sorted(alive)]
 
     def ping(self) -> bool:
         return bool(self.redis.ping())
 
+
+# Writes to a job hash that must never recreate a deleted or expired record.
+_HSET_IF_EXISTS = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+return -1
+"""
+_HINCR_IF_EXISTS = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('HINCRBY', KEYS[1], ARGV[1], 1) end
+return 0
+"""
 
 _JSON_FIELDS = ("options", "input", "steps", "task_ids", "artifacts", "error")
 
@@ -295,7 +342,3 @@ def _mark_step(steps: list[dict[str, Any]], step: str, field: str) -> list[dict[
             if field == "started_at":
                 entry["finished_at"] = None
     return steps
-
-
-def is_terminal(state: str | None) -> bool:
-    return state in TERMINAL_STATES

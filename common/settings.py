@@ -41,6 +41,9 @@ class Settings:
     publish_timeout_seconds: float = 2.0
     # Seconds a worker's model report stays valid without a refresh.
     worker_heartbeat_seconds: int = 30
+    # Callbacks: loopback receivers allowed? Only these hosts/CIDRs (comma list; empty: any)?
+    callback_allow_loopback: bool = False
+    callback_hosts: str = ""
 
     @classmethod
     def from_env(
@@ -78,6 +81,11 @@ def _convert(name: str, type_name: object, raw: str) -> object:
             return float(raw)
         if type_name in ("Path", Path):
             return Path(raw)
+        if type_name in ("bool", bool):
+            lowered = raw.strip().lower()
+            if lowered not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                raise ValueError("expected true or false")
+            return lowered in ("1", "true", "yes", "on")
     except ValueError as exc:
         raise SettingsError(f"CV_{name.upper()}={raw!r}: {exc}") from exc
     return raw

@@ -7,6 +7,7 @@ all hosts running workers must mount the same storage directory.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
@@ -66,16 +67,7 @@ class Storage:
 
     def write_bytes(self, key: str, data: bytes) -> None:
         """Write ``data`` to ``key`` atomically, so a reader never sees half a file."""
-        target = self.path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".write-")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        self.write_stream(key, io.BytesIO(data))
 
     def artifact_path(self, job_id: str, name: str) -> Path:
         return self.path(self.key(job_id, "artifacts", name))

@@ -8,7 +8,7 @@ ROOT=$(pwd)
 RUN=$ROOT/var/run
 LOG=$ROOT/var/log
 BIN=$ROOT/.venv/bin
-QUEUES=(preprocess inference postprocess)
+QUEUES=(preprocess inference postprocess notify)
 mkdir -p "$RUN" "$LOG"
 
 # The processes read .env themselves (common/settings.py), with the environment winning;
@@ -37,7 +37,10 @@ start() {
             echo "stack: $queue worker already running"
             continue
         fi
-        "$BIN/celery" -A celery_worker.app worker -Q "$queue" -n "$queue@%h" -c 1 -P prefork \
+        # Callbacks wait on the network: threads. Steps: one prefork process each.
+        pool=(-P prefork -c 1)
+        [[ $queue == notify ]] && pool=(-P threads -c 8)
+        "$BIN/celery" -A celery_worker.app worker -Q "$queue" -n "$queue@%h" "${pool[@]}" \
             --without-mingle --without-gossip --loglevel INFO \
             --pidfile "$RUN/worker-$queue.pid" --logfile "$LOG/worker-$queue.log" --detach
     done

@@ -28,7 +28,9 @@ def get_job(job_id: str) -> Response:
 
 
 def list_jobs(state: str | None = None, limit: int = 50, offset: int = 0) -> Response:
-    records, total = services().store.page(state, limit, offset)
+    svc = services()
+    records, total = svc.store.page(state, limit, offset)
+    records = [svc.store.fail_if_stuck(r, jobs.stuck_after(svc)) for r in records]
     next_offset = offset + limit
     query = f"limit={limit}&offset={next_offset}" + (f"&state={state}" if state else "")
     page = {

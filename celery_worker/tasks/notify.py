@@ -1,28 +1,40 @@
 """Job callbacks: a POST to the job's ``callback_url`` once it succeeded or failed.
 
-Runs on the ``postprocess`` queue, apart from the job's own steps, so a slow or
-dead receiver never holds up a job. Non-2xx answers and connection errors are
-retried with exponential back-off (about five minutes in all); the outcome is
-recorded on the job (``notification``).
+Runs on its own ``notify`` queue, so a slow or dead receiver never holds up a
+job's steps. The address is checked again before each attempt
+(``common.callbacks``); redirects are not followed. Connection errors and
+non-2xx answers are retried with exponential back-off (about five minutes in
+all); the outcome is recorded on the job (``notification``) in general terms,
+so the field does not become a probe of the internal network.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.error
 import urllib.request
 from typing import Any
 
 from celery_worker.app import app, context
-from common.contract import TASK_NOTIFY
+from common.callbacks import CallbackRefused, check_callback_url
+from common.contract import TASK_NOTIFY, artifact_href
 from common.jobstore import now_iso
 
-TIMEOUT_SECONDS = 10
+TIMEOUT_SECONDS = 5
 MAX_RETRIES = 8
 
 
-class CallbackRefused(Exception):
-    """The receiver answered, but not with a 2xx."""
+class CallbackFailed(Exception):
+    """This attempt did not get a 2xx answer; retried."""
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # the 3xx answer is then reported as a failure
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
 
 
 def callback_body(record: dict[str, Any]) -> dict[str, Any]:
@@ -37,7 +49,8 @@ def callback_body(record: dict[str, Any]) -> dict[str, Any]:
             "self": f"/v1/jobs/{job_id}",
             "result": f"/v1/jobs/{job_id}/result" if record["state"] == "succeeded" else None,
             "artifacts": [
-                f"/v1/jobs/{job_id}/artifacts/{a['name']}" for a in record.get("artifacts") or []
+                {"name": a["name"], "href": artifact_href(job_id, a["name"])}
+                for a in record.get("artifacts") or []
             ],
         },
     }
@@ -46,38 +59,46 @@ def callback_body(record: dict[str, Any]) -> dict[str, Any]:
 @app.task(
     name=TASK_NOTIFY,
     bind=True,
-    autoretry_for=(OSError, CallbackRefused),
+    autoretry_for=(CallbackFailed,),
     retry_backoff=2,
     retry_backoff_max=120,
     retry_jitter=False,
     max_retries=MAX_RETRIES,
-    acks_late=True,
+    soft_time_limit=30,
 )
 def notify_job(self: Any, job_id: str) -> None:
     """POST the job's outcome to its callback URL."""
     record = context.store.get(job_id)
     if record is None or not record.get("callback_url"):
         return
+    url = record["callback_url"]
+    attempt = self.request.retries + 1
+    try:
+        check_callback_url(
+            url, context.settings.callback_hosts, context.settings.callback_allow_loopback
+        )
+    except CallbackRefused as exc:
+        context.store.set_notification(job_id, f"not sent: {exc}")
+        return
     request = urllib.request.Request(
-        record["callback_url"],
+        url,
         data=json.dumps(callback_body(record)).encode(),
         method="POST",
         headers={"Content-Type": "application/json", "User-Agent": "cvjobs-callback/1"},
     )
     try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS) as response:
+        with _OPENER.open(request, timeout=TIMEOUT_SECONDS) as response:
             status = response.status
     except urllib.error.HTTPError as error:
         status = error.code
-    except OSError as error:
-        _record(job_id, self, f"attempt {self.request.retries + 1} failed: {error}")
-        raise
+    except (OSError, http.client.HTTPException, ValueError):
+        _failed(self, job_id, f"attempt {attempt}: no answer from the receiver")
     if not 200 <= status < 300:
-        _record(job_id, self, f"attempt {self.request.retries + 1} answered HTTP {status}")
-        raise CallbackRefused(f"HTTP {status}")
+        _failed(self, job_id, f"attempt {attempt}: the receiver answered HTTP {status}")
     context.store.set_notification(job_id, f"delivered (HTTP {status}) at {now_iso()}")
 
 
-def _record(job_id: str, task: Any, what: str) -> None:
+def _failed(task: Any, job_id: str, what: str) -> None:
     last = task.request.retries >= MAX_RETRIES
-    context.store.set_notification(job_id, f"{what}{'; giving up' if last else '; will retry'}")
+    context.store.set_notification(job_id, f"{what}; {'gave up' if last else 'will retry'}")
+    raise CallbackFailed(what)

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from celery_worker import masks
+from celery_worker.app import app, context
 from celery_worker.context import WorkerContext
 from celery_worker.errors import JobGone
 from celery_worker.imaging import (
@@ -22,11 +23,14 @@ from celery_worker.imaging import (
 from celery_worker.janitor import purge_expired
 from celery_worker.steps import job_step
 from common.contract import (
+    QUEUE_POSTPROCESS,
+    TASK_JANITOR,
     TASK_POSTPROCESS_BLUR,
     TASK_POSTPROCESS_DETECT,
     TASK_POSTPROCESS_SEGMENT,
     Payload,
     artifact_content_type,
+    artifact_href,
 )
 
 log = logging.getLogger(__name__)
@@ -78,20 +82,22 @@ def postprocess_segment(ctx: WorkerContext, payload: Payload) -> Payload:
     low_res = masks.unpack(ctx.storage.path(payload["masks_key"]).read_bytes())
     if len(low_res) != len(detections):
         raise RuntimeError(f"{len(low_res)} masks for {len(detections)} boxes")
-    full_res = []
-    for detection, mask in zip(detections, low_res, strict=True):
+    image = decode_image(ctx.storage.path(payload["input_key"]), ctx.settings.max_image_pixels)
+    # One full-size mask at a time (memory: detections x pixels would not fit), painted
+    # into the overlay and the label map; the most confident instance wins overlaps.
+    labels = masks.empty_label_map(len(detections), height, width)
+    for index, (detection, mask) in enumerate(zip(detections, low_res, strict=True)):
         detection["polygons"] = masks.polygons(mask, box, width, height)
         original = masks.to_original(mask, box, width, height)
         detection["area"] = int(original.sum())
         if options["rle"]:
             detection["rle"] = masks.rle(original)
-        full_res.append(original)
-    image = decode_image(ctx.storage.path(payload["input_key"]), ctx.settings.max_image_pixels)
-    tinted = masks.overlay(image, full_res, [colour_for(d["class_name"]) for d in detections])
-    annotated = draw_detections(tinted, boxes, _labels(detections), bool(options["draw_labels"]))
+        masks.tint(image, original, colour_for(detection["class_name"]))
+        labels[original & (labels == 0)] = index + 1
+    annotated = draw_detections(image, boxes, _labels(detections), bool(options["draw_labels"]))
     overlay = _write_artifact(ctx, payload, "overlay", annotated, options["output_format"])
-    labels = _store(ctx, payload, "labels.png", masks.label_map_png(full_res, height, width))
-    return _finish(ctx, payload, detections, [overlay, labels], started)
+    labels_png = _store(ctx, payload, "labels.png", masks.encode_png(labels))
+    return _finish(ctx, payload, detections, [overlay, labels_png], started)
 
 
 @job_step(TASK_POSTPROCESS_BLUR, "postprocess", final=True)
@@ -166,13 +172,20 @@ def _finish(
         "model": model,
         "options": payload["options"],
         "detections": detections,
-        "artifacts": [{**a, "href": f"/v1/jobs/{job_id}/artifacts/{a['name']}"} for a in artifacts],
+        "artifacts": [{**a, "href": artifact_href(job_id, a["name"])} for a in artifacts],
         "timings": timings,
     }
     if not ctx.store.succeed(job_id, "postprocess", result, artifacts):
         raise JobGone(job_id)
     if ctx.store.claim_janitor_run(JANITOR_EVERY_SECONDS):
-        purged = purge_expired(ctx.store, ctx.storage)
-        if purged:
-            log.info("janitor removed %d expired jobs", purged)
+        app.send_task(TASK_JANITOR, queue=QUEUE_POSTPROCESS)
     return {"job_id": job_id, "pipeline": payload["pipeline"], "timings": timings}
+
+
+@app.task(name=TASK_JANITOR, ignore_result=True)
+def janitor() -> int:
+    """Remove expired jobs' files and index entries (sent at most every ten minutes)."""
+    purged = purge_expired(context.store, context.storage)
+    if purged:
+        log.info("janitor removed %d expired jobs", purged)
+    return purged

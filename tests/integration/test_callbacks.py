@@ -74,7 +74,9 @@ def test_success_is_posted_to_the_callback(
     body = call["json"]
     assert body["id"] == job["id"] and body["state"] == "succeeded"
     assert body["links"]["result"] == f"/v1/jobs/{job['id']}/result"
-    assert body["links"]["artifacts"] == [f"/v1/jobs/{job['id']}/artifacts/blurred.jpg"]
+    assert body["links"]["artifacts"] == [
+        {"name": "blurred.jpg", "href": f"/v1/jobs/{job['id']}/artifacts/blurred.jpg"}
+    ]
     record = wait_until(
         lambda: (j := api_client.get(f"/v1/jobs/{job['id']}").json())["notification"] and j,
         10,
@@ -107,11 +109,20 @@ def test_failure_is_posted_and_a_refusing_receiver_gets_retried(
     )
 
 
-def test_callback_url_must_be_http(api_client: Any, assets: Path) -> None:
+@pytest.mark.parametrize(
+    ("url", "detail"),
+    [
+        ("file:///etc/passwd", "callback_url"),
+        ("http://169.254.169.254/latest/meta-data", "link-local"),
+        ("http://0.0.0.0:9/x", "link-local or special"),
+        ("http://[::1", "malformed"),
+    ],
+)
+def test_callback_urls_that_are_refused(
+    api_client: Any, assets: Path, url: str, detail: str
+) -> None:
     response = submit(
-        api_client,
-        assets / "zidane.jpg",
-        {"pipeline": "blur-faces", "callback_url": "file:///etc/passwd"},
+        api_client, assets / "zidane.jpg", {"pipeline": "blur-faces", "callback_url": url}
     )
-    assert response.status_code == 400
-    assert "callback_url" in response.json()["detail"]
+    assert response.status_code == 400, response.text
+    assert detail in response.json()["detail"]

@@ -213,17 +213,22 @@ def test_delete_a_finished_job_removes_record_and_files(
 
 
 def test_list_jobs(api_client: Any, assets: Path) -> None:
+    data = (assets / "bus.jpg").read_bytes()
+    failed_id = run_job(api_client, data[: len(data) // 2], {"pipeline": "blur-faces"})["id"]
     ids = [
         run_job(api_client, assets / "zidane.jpg", {"pipeline": "blur-faces"})["id"]
         for _ in range(2)
     ]
     page = api_client.get("/v1/jobs?limit=2").json()
     assert [j["id"] for j in page["items"]] == ids[::-1]
-    assert page["total"] >= 2 and page["next"] == (
-        "/v1/jobs?limit=2&offset=2" if page["total"] > 2 else None
-    )
-    failed = api_client.get("/v1/jobs?state=failed").json()["items"]
+    assert page["total"] >= 3 and page["next"] == "/v1/jobs?limit=2&offset=2"
+    failed = api_client.get("/v1/jobs?state=failed&limit=200").json()["items"]
+    assert failed_id in [j["id"] for j in failed]
     assert all(j["state"] == "failed" for j in failed)
+    succeeded = api_client.get("/v1/jobs?state=succeeded&limit=200").json()["items"]
+    assert set(ids) <= {j["id"] for j in succeeded} and failed_id not in {
+        j["id"] for j in succeeded
+    }
     assert api_client.get("/v1/jobs?state=bogus").status_code == 400
 
 

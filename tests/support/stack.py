@@ -76,6 +76,7 @@ def stack_environment(tmp: Path, weights: Path, segment_weights: Path) -> dict[s
         "CV_MAX_IMAGE_PIXELS": str(12_000_000),
         "CV_STEP_TIME_LIMIT_SECONDS": "120",
         "CV_WORKER_HEARTBEAT_SECONDS": "5",
+        "CV_CALLBACK_ALLOW_LOOPBACK": "1",
         "YOLO_CONFIG_DIR": str(tmp / "ultralytics"),
         "YOLO_OFFLINE": "1",
     }

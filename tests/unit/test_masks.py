@@ -56,17 +56,14 @@ def test_masks_map_back_like_ultralytics(shape: tuple[int, int]) -> None:
         assert iou >= 0.99, (index, iou)
 
 
-def test_label_map_puts_the_most_confident_on_top() -> None:
-    first = np.zeros((10, 10), bool)
-    first[2:6, 2:6] = True
-    second = np.zeros((10, 10), bool)
-    second[4:8, 4:8] = True
-    data = masks.label_map_png([first, second], 10, 10)
-    labels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    assert labels.dtype == np.uint8
-    assert labels[3, 3] == 1 and labels[5, 5] == 1 and labels[7, 7] == 2 and labels[0, 0] == 0
-    many = [np.zeros((4, 4), bool)] * 300
-    wide = cv2.imdecode(
-        np.frombuffer(masks.label_map_png(many, 4, 4), np.uint8), cv2.IMREAD_UNCHANGED
-    )
-    assert wide.dtype == np.uint16
+def test_label_map_encoding_and_tint() -> None:
+    labels = masks.empty_label_map(2, 10, 10)
+    assert labels.dtype == np.uint8 and not labels.any()
+    assert masks.empty_label_map(300, 4, 4).dtype == np.uint16
+    labels[3:5, 3:5] = 2
+    decoded = cv2.imdecode(np.frombuffer(masks.encode_png(labels), np.uint8), cv2.IMREAD_UNCHANGED)
+    assert np.array_equal(decoded, labels)
+    image = np.full((10, 10, 3), 100, np.uint8)
+    mask = labels > 0
+    masks.tint(image, mask, (200, 0, 0), alpha=0.5)
+    assert (image[mask] == [150, 50, 50]).all() and (image[~mask] == 100).all()

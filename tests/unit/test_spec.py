@@ -42,6 +42,30 @@ def test_spec_offers_exactly_the_catalogue_pipelines_and_options() -> None:
     assert fields == options
 
 
+SPEC_TYPES = {
+    "number": "number",
+    "integer": "integer",
+    "boolean": "boolean",
+    "string": "string",
+    "class-list": "string",
+}
+
+
+@pytest.mark.parametrize(
+    "option",
+    {o.name: o for p in PIPELINES.values() for o in p.options}.values(),
+    ids=lambda o: o.name,
+)
+def test_each_option_has_the_same_type_bounds_and_choices_in_the_spec(option: Any) -> None:
+    field = SPEC_DOC["components"]["schemas"]["JobSubmission"]["properties"][option.name]
+    assert field["type"] == SPEC_TYPES[option.type]
+    assert field.get("minimum") == option.minimum
+    assert field.get("maximum") == option.maximum
+    assert field.get("enum") == (list(option.enum) if option.enum else None)
+    if option.default is not None:
+        assert f"default {str(option.default).lower()}" in field["description"]
+
+
 def test_app_serves_spec_and_swagger_ui_at_root(offline_client: Any) -> None:
     spec = offline_client.get("/openapi.json")
     assert spec.status_code == 200
