@@ -16,6 +16,7 @@ from api import swagger_page
 from api.errors import PROBLEM_JSON, ApiError, ServiceUnavailable
 from api.limits import BodySizeLimit
 from api.services import EXTENSION_KEY, Services
+from common.catalogue import load_catalogue
 from common.celery_app import make_celery
 from common.jobstore import JobStore
 from common.settings import REPO_ROOT, Settings
@@ -61,6 +62,7 @@ def build_services(settings: Settings) -> Services:
     storage_dir.mkdir(parents=True, exist_ok=True)
     return Services(
         settings=settings,
+        catalogue=load_catalogue(settings),
         store=JobStore.from_url(
             settings.redis_url, settings.redis_prefix, settings.job_ttl_seconds
         ),

@@ -7,16 +7,17 @@ from collections.abc import Sequence
 from celery import Celery
 from celery.canvas import Signature, chain
 
-from common.contract import Payload, Pipeline
+from common.catalogue import PipelineConfig
+from common.contract import Payload
 
 
-def step_task_ids(job_id: str, pipeline: Pipeline) -> list[str]:
+def step_task_ids(job_id: str, pipeline: PipelineConfig) -> list[str]:
     """Task ids fixed up front, so the job record can list (and revoke) every step."""
-    return [f"{job_id}-{step.name}" for step in pipeline.steps]
+    return [f"{job_id}-{step.stage}" for step in pipeline.steps]
 
 
 def build_chain(
-    app: Celery, pipeline: Pipeline, payload: Payload, task_ids: Sequence[str]
+    app: Celery, pipeline: PipelineConfig, payload: Payload, task_ids: Sequence[str]
 ) -> Signature:
     """preprocess -> inference -> postprocess, each step on its own queue.
 

@@ -29,7 +29,7 @@ from api.options import get_pipeline, resolve_options
 from api.services import Services
 from common.callbacks import CallbackRefused, check_callback_url
 from common.celery_app import HARD_LIMIT_GRACE_SECONDS
-from common.contract import ACTIVE_STATES, Payload, Pipeline
+from common.contract import ACTIVE_STATES, Payload
 from common.images import ImageHeader, ImageUnprocessable, NotAnImage, inspect_image
 from common.storage import StorageKeyError
 
@@ -40,8 +40,8 @@ def submit(
     svc: Services, stream: IO[bytes], filename: str, fields: dict[str, Any]
 ) -> dict[str, Any]:
     """Validate, store, record and queue a job; returns its record."""
-    pipeline = get_pipeline(str(fields.get("pipeline", "")))
-    options = resolve_options(pipeline, fields)
+    pipeline = get_pipeline(svc.catalogue, str(fields.get("pipeline", "")))
+    options = resolve_options(svc.catalogue, pipeline, fields)
     if fields.get("callback_url"):
         try:
             check_callback_url(
@@ -57,7 +57,7 @@ def submit(
             f"the file is {size} bytes; the limit is {svc.settings.max_upload_bytes}"
         )
     header = _inspect(stream, svc.settings.max_image_pixels)
-    refuse_if_unavailable(svc, pipeline)
+    refuse_if_unavailable(svc, pipeline.name, options["model"])
 
     job_id = uuid.uuid4().hex
     input_key = svc.storage.key(job_id, "input" + header.extension)
@@ -74,7 +74,10 @@ def submit(
         }
         task_ids = step_task_ids(job_id, pipeline)
         callback = str(fields["callback_url"]) if fields.get("callback_url") else None
-        record = svc.store.create(job_id, pipeline, options, input_info, task_ids, callback)
+        stages = [(step.stage, step.queue) for step in pipeline.steps]
+        record = svc.store.create(
+            job_id, pipeline.name, stages, options, input_info, task_ids, callback
+        )
     except BaseException:
         svc.storage.remove_job(job_id)
         raise
@@ -82,6 +85,7 @@ def submit(
     payload: Payload = {
         "job_id": job_id,
         "pipeline": pipeline.name,
+        "model_name": options["model"],
         "options": options,
         "input_key": input_key,
         "image": {"width": header.width, "height": header.height},
@@ -105,11 +109,11 @@ def _inspect(stream: IO[bytes], max_pixels: int) -> ImageHeader:
         raise UnprocessableImage(str(exc)) from exc
 
 
-def refuse_if_unavailable(svc: Services, pipeline: Pipeline) -> None:
-    """409 when inference workers are online and all of them lack the pipeline's model."""
-    available, reason, reported = model_status(svc, pipeline.model)
+def refuse_if_unavailable(svc: Services, pipeline: str, model: str) -> None:
+    """409 when inference workers are online and all of them lack the job's model."""
+    available, reason, reported = model_status(svc, model)
     if reported and not available:
-        raise Conflict(f"pipeline {pipeline.name!r} is unavailable: {reason}")
+        raise Conflict(f"pipeline {pipeline!r} with model {model!r} is unavailable: {reason}")
 
 
 def model_status(svc: Services, model: str) -> tuple[bool, str | None, bool]:

@@ -1,7 +1,8 @@
 """Checks a submission's options against its pipeline and fills in the defaults.
 
-The spec already checks each field's type and bounds for every pipeline; what
-it cannot say is which options belong to which pipeline, so that is done here.
+The spec already checks each field's type and bounds; what it cannot say is
+which options belong to which pipeline (configuration, not code), and which
+models a pipeline may run, so that is done here.
 """
 
 from __future__ import annotations
@@ -9,22 +10,24 @@ from __future__ import annotations
 from typing import Any
 
 from api.errors import BadRequest
-from common.contract import PIPELINES, Option, Pipeline
+from common.catalogue import Catalogue, PipelineConfig
+from common.contract import Option
 
 # Multipart fields that are not options.
 NON_OPTIONS = frozenset({"file", "pipeline", "callback_url"})
 
 
-def get_pipeline(name: str) -> Pipeline:
+def get_pipeline(catalogue: Catalogue, name: str) -> PipelineConfig:
     try:
-        return PIPELINES[name]
+        return catalogue.pipelines[name]
     except KeyError:
-        raise BadRequest(
-            f"unknown pipeline {name!r}; choose one of {', '.join(sorted(PIPELINES))}"
-        ) from None
+        known = ", ".join(sorted(catalogue.pipelines))
+        raise BadRequest(f"unknown pipeline {name!r}; choose one of {known}") from None
 
 
-def resolve_options(pipeline: Pipeline, fields: dict[str, Any]) -> dict[str, Any]:
+def resolve_options(
+    catalogue: Catalogue, pipeline: PipelineConfig, fields: dict[str, Any]
+) -> dict[str, Any]:
     """The pipeline's defaults overridden by ``fields``; refuses options of other pipelines."""
     known = {option.name: option for option in pipeline.options}
     given = {k: v for k, v in fields.items() if k not in NON_OPTIONS and v is not None}
@@ -34,9 +37,17 @@ def resolve_options(pipeline: Pipeline, fields: dict[str, Any]) -> dict[str, Any
             f"pipeline {pipeline.name!r} has no option {', '.join(map(repr, unknown))}; "
             f"its options are {', '.join(sorted(known)) or 'none'}"
         )
-    options = pipeline.defaults()
-    for name, value in given.items():
-        options[name] = _coerce(known[name], value)
+    options = {**pipeline.defaults(), **given}
+    for name, value in options.items():
+        if value is not None and name != "model":
+            options[name] = _coerce(known[name], value)
+    task = pipeline.inference.model_task
+    model = catalogue.models.get(str(options["model"]))
+    if model is None or model.task != task:
+        raise BadRequest(
+            f"model {options['model']!r} cannot run pipeline {pipeline.name!r}; "
+            f"its {task} models are {', '.join(catalogue.models_for(str(task))) or 'none'}"
+        )
     if "image_size" in options and options["image_size"] % 32:
         raise BadRequest(f"image_size must be a multiple of 32, got {options['image_size']}")
     return options

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from celery import Celery
 from flask import current_app
 
+from common.catalogue import Catalogue
 from common.jobstore import JobStore
 from common.settings import Settings
 from common.storage import Storage
@@ -17,6 +18,7 @@ EXTENSION_KEY = "cvjobs"
 @dataclass
 class Services:
     settings: Settings
+    catalogue: Catalogue
     store: JobStore
     storage: Storage
     celery: Celery

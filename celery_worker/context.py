@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from celery_worker.models import ModelRegistry, configure_ultralytics, default_specs
+from celery_worker.models import ModelRegistry, configure_ultralytics, specs_from
+from common.catalogue import load_catalogue
 from common.jobstore import JobStore
 from common.settings import Settings
 from common.storage import Storage
@@ -27,5 +28,5 @@ class WorkerContext:
                 settings.redis_url, settings.redis_prefix, settings.job_ttl_seconds
             ),
             storage=Storage(settings.resolve(settings.storage_dir)),
-            models=ModelRegistry(default_specs(settings), settings.device),
+            models=ModelRegistry(specs_from(load_catalogue(settings).models), settings.device),
         )

@@ -13,15 +13,14 @@ import importlib.metadata
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from celery_worker.errors import ModelUnavailable
-from common.contract import MODEL_MTCNN, MODEL_YOLO_DETECT, MODEL_YOLO_SEGMENT
-from common.settings import Settings
+from common.catalogue import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +31,7 @@ class ModelSpec:
     task: str
     loader: Callable[[ModelSpec, str], Any]
     weights: Path | None = None
-    options: dict[str, Any] = field(default_factory=dict)
+    config: ModelConfig | None = None
 
 
 @dataclass
@@ -83,9 +82,10 @@ class ModelRegistry:
         if spec.weights is not None and not spec.weights.is_file():
             raise ModelUnavailable(
                 f"model {name!r}: no weights file at {spec.weights}; "
-                f"put a YOLO {spec.task} .pt file there or set CV_{spec.task.upper()}_WEIGHTS"
+                f"put a YOLO {spec.task} weights file there (see config/models.yaml)"
             )
-        device = pick_device(self.device_preference)
+        preference = spec.config.device if spec.config and spec.config.device else None
+        device = pick_device(preference or self.device_preference)
         try:
             loaded: LoadedModel = spec.loader(spec, device)
         except (OSError, RuntimeError, ValueError, TypeError, KeyError, AttributeError) as exc:
@@ -108,22 +108,20 @@ class ModelRegistry:
         return report
 
 
-def default_specs(settings: Settings) -> dict[str, ModelSpec]:
-    """The models this release knows; weights paths come from settings."""
+LOADERS: dict[str, Callable[[ModelSpec, str], Any]] = {}
+
+
+def specs_from(models: dict[str, ModelConfig]) -> dict[str, ModelSpec]:
+    """A spec per model of the models file (config/models.yaml)."""
     return {
-        MODEL_YOLO_DETECT: ModelSpec(
-            name=MODEL_YOLO_DETECT,
-            task="detect",
-            loader=load_yolo,
-            weights=settings.resolve(settings.detect_weights),
-        ),
-        MODEL_YOLO_SEGMENT: ModelSpec(
-            name=MODEL_YOLO_SEGMENT,
-            task="segment",
-            loader=load_yolo,
-            weights=settings.resolve(settings.segment_weights),
-        ),
-        MODEL_MTCNN: ModelSpec(name=MODEL_MTCNN, task="faces", loader=load_mtcnn),
+        name: ModelSpec(
+            name=name,
+            task=config.task,
+            loader=LOADERS[config.task],
+            weights=config.weights,
+            config=config,
+        )
+        for name, config in models.items()
     }
 
 
@@ -143,12 +141,16 @@ def load_yolo(spec: ModelSpec, device: str) -> LoadedModel:
     model = YOLO(str(spec.weights), task=spec.task)
     model.predict(np.zeros((64, 64, 3), dtype=np.uint8), imgsz=64, device=device, verbose=False)
     names = {int(k): str(v) for k, v in model.names.items()}
+    if spec.config is not None and spec.config.classes:
+        names.update(spec.config.classes)
     info = {
-        "name": spec.weights.stem,
+        "name": spec.name,
         "task": spec.task,
         "version": f"ultralytics {importlib.metadata.version('ultralytics')}",
         "weights": str(spec.weights),
         "weights_sha256": sha256_of([spec.weights]),
+        "weights_bytes": spec.weights.stat().st_size,
+        "format": spec.config.format if spec.config else spec.weights.suffix.lstrip("."),
         "device": device,
         "classes": len(names),
     }
@@ -165,11 +167,16 @@ def load_mtcnn(spec: ModelSpec, device: str) -> LoadedModel:
     data_dir = Path(facenet_pytorch.__file__).parent / "data"
     weights = sorted(data_dir.glob("[por]net.pt"))
     info = {
-        "name": "mtcnn",
+        "name": spec.name,
         "task": spec.task,
         "version": f"facenet-pytorch {importlib.metadata.version('facenet-pytorch')}",
         "weights": str(data_dir),
         "weights_sha256": sha256_of(weights) if weights else None,
+        "weights_bytes": sum(p.stat().st_size for p in weights),
+        "format": "pt",
         "device": device,
     }
     return LoadedModel(spec, model, device, info)
+
+
+LOADERS.update(detect=load_yolo, segment=load_yolo, faces=load_mtcnn)

@@ -2,18 +2,19 @@
 
 Stdlib only. The API refers to tasks by these names and never imports the task
 code; the workers register their tasks under the same names. A test checks that
-both sides agree and that the OpenAPI spec offers exactly these pipelines and
-options.
+both sides agree and that the OpenAPI spec offers exactly these options.
 
-A pipeline is data: its steps (task name + queue, run in order as a Celery
-chain) and its options (type, bounds, default). Between steps travels a
-``Payload`` dict (JSON only): the job id, the options, storage keys of the files
-the previous step wrote, and what the next step needs to map results back.
+Steps are code, registered here by name (task, queue, the options they read);
+pipelines are configuration (``config/pipelines.yaml``, loaded by
+``common.catalogue``): ordered step names, a default model and option defaults.
+Between steps travels a ``Payload`` dict (JSON only): the job id, the model
+name, the options, storage keys of the files the previous step wrote, and what
+the next step needs to map results back.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
 
 QUEUE_PREPROCESS = "preprocess"
@@ -30,6 +31,8 @@ TASK_INFER_SEGMENT = "cv.inference.segment"
 TASK_POSTPROCESS_DETECT = "cv.postprocess.detect"
 TASK_POSTPROCESS_BLUR = "cv.postprocess.blur_faces"
 TASK_POSTPROCESS_SEGMENT = "cv.postprocess.segment"
+TASK_POSTPROCESS_CROPS = "cv.postprocess.crops"
+TASK_POSTPROCESS_REDACT = "cv.postprocess.redact"
 TASK_NOTIFY = "cv.notify.job"
 TASK_JANITOR = "cv.postprocess.janitor"
 
@@ -46,10 +49,9 @@ ACTIVE_STATES: tuple[JobState, ...] = ("queued", "running")
 TERMINAL_STATES: tuple[JobState, ...] = ("succeeded", "failed", "cancelled")
 JOB_STATES: tuple[JobState, ...] = ACTIVE_STATES + TERMINAL_STATES
 
-# Model names the workers' registry knows; pipelines name the one they need.
-MODEL_YOLO_DETECT = "yolo-detect"
-MODEL_YOLO_SEGMENT = "yolo-segment"
-MODEL_MTCNN = "mtcnn-faces"
+ModelTask = Literal["detect", "segment", "faces"]
+MODEL_TASKS: tuple[ModelTask, ...] = ("detect", "segment", "faces")
+STAGES = ("preprocess", "inference", "postprocess")
 
 OptionType = Literal["number", "integer", "boolean", "string", "class-list"]
 
@@ -68,108 +70,100 @@ class Option:
 
 
 @dataclass(frozen=True)
-class Step:
-    """One link of a pipeline's chain: a registered task and the queue it runs on."""
+class StepDef:
+    """A registered step: the Celery task that runs it, its queue, the options it reads.
+
+    ``model_task`` is set on inference steps: the kind of model they run.
+    Pipelines (``config/pipelines.yaml``) are ordered lists of these names.
+    """
 
     name: str
     task: str
     queue: str
+    options: tuple[Option, ...] = ()
+    model_task: ModelTask | None = None
 
-
-@dataclass(frozen=True)
-class Pipeline:
-    """A named chain of steps with the options it accepts and the model it needs."""
-
-    name: str
-    description: str
-    model: str
-    steps: tuple[Step, ...]
-    options: tuple[Option, ...] = field(default=())
-
-    def defaults(self) -> dict[str, Any]:
-        return {option.name: option.default for option in self.options}
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    @property
+    def stage(self) -> str:
+        return self.queue
 
 
 _OUTPUT_FORMAT = Option(
-    "output_format", "string", "jpeg", "Image format of the artifact.", enum=("jpeg", "png")
+    "output_format", "string", "jpeg", "Image format of the image artifact.", enum=("jpeg", "png")
 )
-# The YOLO options detect and segment share.
+_DRAW_LABELS = Option("draw_labels", "boolean", True, "Write class and score beside boxes.")
+_MODEL = Option("model", "string", None, "Model to run (GET /v1/models); default per pipeline.")
 _YOLO_OPTIONS = (
+    _MODEL,
     Option("confidence", "number", 0.25, "Minimum detection confidence.", 0, 1),
     Option("iou", "number", 0.7, "IoU threshold of non-maximum suppression.", 0, 1),
     Option("max_detections", "integer", 300, "Most boxes kept.", 1, 1000),
     Option("classes", "class-list", None, "Class ids to keep (default all)."),
     Option("image_size", "integer", 640, "Model input size (multiple of 32).", 32, 2048),
-    Option("draw_labels", "boolean", True, "Write class and score beside boxes."),
 )
+_BLUR_METHOD = Option(
+    "blur_method", "string", "gaussian", "How regions are hidden.", enum=("gaussian", "pixelate")
+)
+_BLUR_STRENGTH = Option("blur_strength", "integer", 50, "1 (light) to 100 (heavy).", 1, 100)
 
-PIPELINES: dict[str, Pipeline] = {
-    pipeline.name: pipeline
-    for pipeline in (
-        Pipeline(
-            name="detect",
-            description=(
-                "Object detection with an Ultralytics YOLO model: boxes in original image "
-                "pixels with class and confidence, and an annotated image."
-            ),
-            model=MODEL_YOLO_DETECT,
-            steps=(
-                Step("preprocess", TASK_PREPROCESS_IMAGE, QUEUE_PREPROCESS),
-                Step("inference", TASK_INFER_DETECT, QUEUE_INFERENCE),
-                Step("postprocess", TASK_POSTPROCESS_DETECT, QUEUE_POSTPROCESS),
-            ),
-            options=(*_YOLO_OPTIONS, _OUTPUT_FORMAT),
+
+def _margin(default: float) -> Option:
+    return Option("margin", "number", default, "Widen each box by this fraction per side.", 0, 1)
+
+
+STEPS: dict[str, StepDef] = {
+    step.name: step
+    for step in (
+        StepDef("preprocess.image", TASK_PREPROCESS_IMAGE, QUEUE_PREPROCESS),
+        StepDef("inference.detect", TASK_INFER_DETECT, QUEUE_INFERENCE, _YOLO_OPTIONS, "detect"),
+        StepDef("inference.segment", TASK_INFER_SEGMENT, QUEUE_INFERENCE, _YOLO_OPTIONS, "segment"),
+        StepDef(
+            "inference.faces",
+            TASK_INFER_FACES,
+            QUEUE_INFERENCE,
+            (_MODEL, Option("min_confidence", "number", 0.9, "Minimum face probability.", 0, 1)),
+            "faces",
         ),
-        Pipeline(
-            name="segment",
-            description=(
-                "Instance segmentation with an Ultralytics YOLO segmentation model: per instance "
-                "the box, class, score and mask outline (polygons, optional RLE) in original "
-                "image pixels; an overlay image and a label map (instance id per pixel)."
-            ),
-            model=MODEL_YOLO_SEGMENT,
-            steps=(
-                Step("preprocess", TASK_PREPROCESS_IMAGE, QUEUE_PREPROCESS),
-                Step("inference", TASK_INFER_SEGMENT, QUEUE_INFERENCE),
-                Step("postprocess", TASK_POSTPROCESS_SEGMENT, QUEUE_POSTPROCESS),
-            ),
-            options=(
-                *_YOLO_OPTIONS,
+        StepDef(
+            "postprocess.annotate",
+            TASK_POSTPROCESS_DETECT,
+            QUEUE_POSTPROCESS,
+            (_DRAW_LABELS, _OUTPUT_FORMAT),
+        ),
+        StepDef(
+            "postprocess.segment",
+            TASK_POSTPROCESS_SEGMENT,
+            QUEUE_POSTPROCESS,
+            (
+                _DRAW_LABELS,
                 Option("rle", "boolean", False, "Also give each mask as COCO run-length encoding."),
                 _OUTPUT_FORMAT,
             ),
         ),
-        Pipeline(
-            name="blur-faces",
-            description=(
-                "Face detection with MTCNN (facenet-pytorch), then every face blurred or "
-                "pixelated in the original image."
-            ),
-            model=MODEL_MTCNN,
-            steps=(
-                Step("preprocess", TASK_PREPROCESS_IMAGE, QUEUE_PREPROCESS),
-                Step("inference", TASK_INFER_FACES, QUEUE_INFERENCE),
-                Step("postprocess", TASK_POSTPROCESS_BLUR, QUEUE_POSTPROCESS),
-            ),
-            options=(
-                Option("min_confidence", "number", 0.9, "Minimum face probability.", 0, 1),
-                Option(
-                    "blur_method",
-                    "string",
-                    "gaussian",
-                    "How faces are hidden.",
-                    enum=("gaussian", "pixelate"),
-                ),
-                Option("blur_strength", "integer", 50, "1 (light) to 100 (heavy).", 1, 100),
-                Option("margin", "number", 0.15, "Widen each face box by this fraction.", 0, 1),
-                _OUTPUT_FORMAT,
-            ),
+        StepDef(
+            "postprocess.blur-faces",
+            TASK_POSTPROCESS_BLUR,
+            QUEUE_POSTPROCESS,
+            (_BLUR_METHOD, _BLUR_STRENGTH, _margin(0.15), _OUTPUT_FORMAT),
+        ),
+        StepDef(
+            "postprocess.crops",
+            TASK_POSTPROCESS_CROPS,
+            QUEUE_POSTPROCESS,
+            (_margin(0.0), _OUTPUT_FORMAT),
+        ),
+        StepDef(
+            "postprocess.redact",
+            TASK_POSTPROCESS_REDACT,
+            QUEUE_POSTPROCESS,
+            (_BLUR_METHOD, _BLUR_STRENGTH, _margin(0.05), _OUTPUT_FORMAT),
         ),
     )
 }
+
+# Every option any step reads: the multipart fields POST /v1/jobs accepts besides
+# file, pipeline and callback_url (the spec lists exactly these; a test checks).
+ALL_OPTIONS: dict[str, Option] = {o.name: o for step in STEPS.values() for o in step.options}
 
 
 class ImageInfo(TypedDict):
@@ -192,6 +186,7 @@ class Payload(TypedDict, total=False):
 
     job_id: str
     pipeline: str
+    model_name: str
     options: dict[str, Any]
     input_key: str
     image: ImageInfo
@@ -207,6 +202,7 @@ ARTIFACT_CONTENT_TYPES = {
     ".jpg": "image/jpeg",
     ".jpeg": "image/jpeg",
     ".png": "image/png",
+    ".json": "application/json",
 }
 
 

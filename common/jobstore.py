@@ -24,7 +24,7 @@ from typing import Any
 
 import redis
 
-from common.contract import ACTIVE_STATES, JOB_STATES, JobState, Pipeline
+from common.contract import ACTIVE_STATES, JOB_STATES, JobState
 
 
 def now_iso() -> str:
@@ -64,7 +64,8 @@ class JobStore:
     def create(
         self,
         job_id: str,
-        pipeline: Pipeline,
+        pipeline: str,
+        stages: Sequence[tuple[str, str]],
         options: dict[str, Any],
         input_info: dict[str, Any],
         task_ids: Sequence[str],
@@ -74,7 +75,7 @@ class JobStore:
         submitted = time.time()
         record = {
             "id": job_id,
-            "pipeline": pipeline.name,
+            "pipeline": pipeline,
             "state": "queued",
             "step": "",
             "options": json.dumps(options),
@@ -87,8 +88,8 @@ class JobStore:
             "finished_at": "",
             "steps": json.dumps(
                 [
-                    {"name": s.name, "queue": s.queue, "started_at": None, "finished_at": None}
-                    for s in pipeline.steps
+                    {"name": name, "queue": queue, "started_at": None, "finished_at": None}
+                    for name, queue in stages
                 ]
             ),
             "task_ids": json.dumps(list(task_ids)),

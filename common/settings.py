@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from dotenv import dotenv_values
@@ -28,8 +28,9 @@ class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     storage_dir: Path = Path("var/storage")
     models_dir: Path = Path("models")
-    detect_weights: Path = Path("models/yolov8n.pt")
-    segment_weights: Path = Path("models/yolo11n-seg.pt")
+    # The models and pipelines files (common/catalogue.py).
+    models_file: Path = Path("config/models.yaml")
+    pipelines_file: Path = Path("config/pipelines.yaml")
     device: str = "auto"
     max_upload_bytes: int = 25 * 1024 * 1024
     max_image_pixels: int = 40_000_000
@@ -44,6 +45,8 @@ class Settings:
     # Callbacks: loopback receivers allowed? Only these hosts/CIDRs (comma list; empty: any)?
     callback_allow_loopback: bool = False
     callback_hosts: str = ""
+    # Every variable seen (.env under the environment), for ${NAME} in the config files.
+    environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_env(
@@ -61,12 +64,12 @@ class Settings:
             values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
         values.update(os.environ if environ is None else environ)
         kwargs: dict[str, object] = {}
-        for field in fields(cls):
-            raw = values.get("CV_" + field.name.upper())
-            if raw is None or raw == "":
+        for spec in fields(cls):
+            raw = values.get("CV_" + spec.name.upper())
+            if spec.name == "environ" or raw is None or raw == "":
                 continue
-            kwargs[field.name] = _convert(field.name, field.type, raw)
-        return cls(**kwargs)  # type: ignore[arg-type]
+            kwargs[spec.name] = _convert(spec.name, spec.type, raw)
+        return cls(**kwargs, environ=values)  # type: ignore[arg-type]
 
     def resolve(self, path: Path) -> Path:
         """An absolute path: relative ones are taken from the repository root."""

@@ -8,13 +8,11 @@ import numpy as np
 
 from celery_worker.adapters import from_mtcnn, from_ultralytics
 from celery_worker.context import WorkerContext
-from celery_worker.errors import InputError
+from celery_worker.errors import InputError, ModelUnavailable
 from celery_worker.masks import pack
+from celery_worker.models import LoadedModel
 from celery_worker.steps import job_step
 from common.contract import (
-    MODEL_MTCNN,
-    MODEL_YOLO_DETECT,
-    MODEL_YOLO_SEGMENT,
     TASK_INFER_DETECT,
     TASK_INFER_FACES,
     TASK_INFER_SEGMENT,
@@ -32,8 +30,15 @@ def _model_input(ctx: WorkerContext, payload: Payload) -> np.ndarray:
         raise InputError("the preprocessed image is missing from storage") from exc
 
 
-def _predict_yolo(ctx: WorkerContext, payload: Payload, model_name: str) -> tuple[Any, Any]:
-    loaded = ctx.models.get(model_name)
+def _model(ctx: WorkerContext, payload: Payload, task: str) -> LoadedModel:
+    loaded = ctx.models.get(payload["model_name"])
+    if loaded.spec.task != task:
+        raise ModelUnavailable(f"model {loaded.spec.name!r} is a {loaded.spec.task} model")
+    return loaded
+
+
+def _predict_yolo(ctx: WorkerContext, payload: Payload, task: str) -> tuple[Any, Any]:
+    loaded = _model(ctx, payload, task)
     options = payload["options"]
     image = _model_input(ctx, payload)
     results = loaded.model.predict(
@@ -52,14 +57,14 @@ def _predict_yolo(ctx: WorkerContext, payload: Payload, model_name: str) -> tupl
 @job_step(TASK_INFER_DETECT, "inference")
 def infer_detect(ctx: WorkerContext, payload: Payload) -> Payload:
     """YOLO on the letterboxed image; boxes stay in model-input pixels until postprocess."""
-    loaded, result = _predict_yolo(ctx, payload, MODEL_YOLO_DETECT)
+    loaded, result = _predict_yolo(ctx, payload, "detect")
     return {**payload, "raw": from_ultralytics(result), "model": loaded.info}
 
 
 @job_step(TASK_INFER_SEGMENT, "inference")
 def infer_segment(ctx: WorkerContext, payload: Payload) -> Payload:
     """YOLO-seg: boxes as for detect, masks (model-input size) to a bit-packed file."""
-    loaded, result = _predict_yolo(ctx, payload, MODEL_YOLO_SEGMENT)
+    loaded, result = _predict_yolo(ctx, payload, "segment")
     raw = from_ultralytics(result)
     height, width = _model_input_shape(payload)
     masks = (
@@ -79,7 +84,7 @@ def _model_input_shape(payload: Payload) -> tuple[int, int]:
 @job_step(TASK_INFER_FACES, "inference")
 def infer_faces(ctx: WorkerContext, payload: Payload) -> Payload:
     """MTCNN on the RGB image: every candidate face with its probability and landmarks."""
-    loaded = ctx.models.get(MODEL_MTCNN)
+    loaded = _model(ctx, payload, "faces")
     image = _model_input(ctx, payload)
     boxes, probs, landmarks = loaded.model.detect(image, landmarks=True)
     return {**payload, "raw": from_mtcnn(boxes, probs, landmarks), "model": loaded.info}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Any
@@ -26,7 +27,9 @@ from common.contract import (
     QUEUE_POSTPROCESS,
     TASK_JANITOR,
     TASK_POSTPROCESS_BLUR,
+    TASK_POSTPROCESS_CROPS,
     TASK_POSTPROCESS_DETECT,
+    TASK_POSTPROCESS_REDACT,
     TASK_POSTPROCESS_SEGMENT,
     Payload,
     artifact_content_type,
@@ -98,6 +101,58 @@ def postprocess_segment(ctx: WorkerContext, payload: Payload) -> Payload:
     overlay = _write_artifact(ctx, payload, "overlay", annotated, options["output_format"])
     labels_png = _store(ctx, payload, "labels.png", masks.encode_png(labels))
     return _finish(ctx, payload, detections, [overlay, labels_png], started)
+
+
+@job_step(TASK_POSTPROCESS_CROPS, "postprocess", final=True)
+def postprocess_crops(ctx: WorkerContext, payload: Payload) -> Payload:
+    """Each detection cropped (widened by ``margin``) into its own image, plus crops.json."""
+    started = time.perf_counter()
+    options = payload["options"]
+    width, height = payload["image"]["width"], payload["image"]["height"]
+    boxes, detections = _yolo_detections(payload)
+    image = decode_image(ctx.storage.path(payload["input_key"]), ctx.settings.max_image_pixels)
+    artifacts, manifest = [], []
+    for index, (detection, box) in enumerate(
+        zip(detections, widen(boxes, float(options["margin"]), width, height), strict=True)
+    ):
+        x1, y1 = int(np.floor(box[0])), int(np.floor(box[1]))
+        x2, y2 = int(np.ceil(box[2])), int(np.ceil(box[3]))
+        if x2 - x1 < 1 or y2 - y1 < 1:
+            continue
+        stem = f"crop-{index + 1:04d}-{_safe(detection['class_name'])}"
+        artifact = _write_artifact(
+            ctx, payload, stem, image[y1:y2, x1:x2], options["output_format"]
+        )
+        artifacts.append(artifact)
+        detection["crop"] = artifact["name"]
+        manifest.append({"file": artifact["name"], "crop_box": [x1, y1, x2, y2], **detection})
+    document = {"job_id": payload["job_id"], "crops": manifest}
+    listing = _store(ctx, payload, "crops.json", json.dumps(document, indent=1).encode())
+    return _finish(ctx, payload, detections, [listing, *artifacts], started)
+
+
+@job_step(TASK_POSTPROCESS_REDACT, "postprocess", final=True)
+def postprocess_redact(ctx: WorkerContext, payload: Payload) -> Payload:
+    """Every detection (of the chosen classes) blurred or pixelated in the original image."""
+    started = time.perf_counter()
+    options = payload["options"]
+    width, height = payload["image"]["width"], payload["image"]["height"]
+    boxes, detections = _yolo_detections(payload)
+    image = decode_image(ctx.storage.path(payload["input_key"]), ctx.settings.max_image_pixels)
+    hidden = hide_regions(
+        image,
+        widen(boxes, float(options["margin"]), width, height),
+        str(options["blur_method"]),
+        int(options["blur_strength"]),
+    )
+    artifact = _write_artifact(ctx, payload, "redacted", hidden, options["output_format"])
+    return _finish(ctx, payload, detections, [artifact], started)
+
+
+def _safe(name: str) -> str:
+    """A class name as a file-name fragment."""
+    cleaned = "".join(c if c.isalnum() else "-" for c in name.encode("ascii", "ignore").decode())
+    return cleaned.strip("-")[:40] or "object"
 
 
 @job_step(TASK_POSTPROCESS_BLUR, "postprocess", final=True)

@@ -8,9 +8,10 @@ import cv2
 import numpy as np
 
 from celery_worker.context import WorkerContext
+from celery_worker.errors import ModelUnavailable
 from celery_worker.imaging import decode_image, letterbox
 from celery_worker.steps import job_step
-from common.contract import MODEL_MTCNN, PIPELINES, TASK_PREPROCESS_IMAGE, Letterbox, Payload
+from common.contract import TASK_PREPROCESS_IMAGE, Letterbox, Payload
 
 # MTCNN's cost grows with the pixel count; larger photos are searched at this size
 # and the boxes scaled back, which still finds faces down to ~20 px in the original.
@@ -29,12 +30,14 @@ def preprocess_image(ctx: WorkerContext, payload: Payload) -> Payload:
     job_id = payload["job_id"]
     image = decode_image(ctx.storage.path(payload["input_key"]), ctx.settings.max_image_pixels)
     height, width = image.shape[:2]
-    if PIPELINES[payload["pipeline"]].model == MODEL_MTCNN:
+    spec = ctx.models.specs.get(payload["model_name"])
+    if spec is None:
+        raise ModelUnavailable(f"no model named {payload['model_name']!r} on this worker")
+    if spec.task == "faces":
         model_input, box = _for_faces(image)
     else:
         # Ultralytics pads PyTorch models to the smallest stride multiple, exported ones square.
-        weights = ctx.models.specs[PIPELINES[payload["pipeline"]].model].weights
-        auto = weights is None or weights.suffix == ".pt"
+        auto = spec.weights is None or spec.weights.suffix == ".pt"
         model_input, box = letterbox(image, int(payload["options"]["image_size"]), auto=auto)
     key = ctx.storage.key(job_id, "work", MODEL_INPUT)
     buffer = io.BytesIO()

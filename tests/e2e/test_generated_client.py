@@ -49,17 +49,23 @@ def test_generated_client_submits_polls_and_downloads(
 ) -> None:
     from cvclient.api.jobs import create_job, get_artifact, get_job, get_result
     from cvclient.api.pipelines import list_pipelines
-    from cvclient.models import Job, JobState, JobSubmission, PipelineName, Problem, Result
+    from cvclient.models import Job, JobState, JobSubmission, Problem, Result
     from cvclient.types import File
 
     client = generated.Client(base_url=http_api, raise_on_unexpected_status=True)
     catalogue = list_pipelines.sync(client=client)
-    assert {p.name for p in catalogue.pipelines} == {"detect", "segment", "blur-faces"}
+    assert {p.name for p in catalogue.pipelines} == {
+        "detect",
+        "segment",
+        "blur-faces",
+        "detect-crops",
+        "redact",
+    }
 
     with (assets / "zidane.jpg").open("rb") as photo:
         body = JobSubmission(
             file=File(payload=photo, file_name="zidane.jpg", mime_type="image/jpeg"),
-            pipeline=PipelineName.BLUR_FACES,
+            pipeline="blur-faces",
             blur_strength=70,
         )
         accepted = create_job.sync_detailed(client=client, body=body)
@@ -89,7 +95,7 @@ def test_generated_client_submits_polls_and_downloads(
             client=client,
             body=JobSubmission(
                 file=File(payload=photo, file_name="zidane.jpg", mime_type="image/jpeg"),
-                pipeline=PipelineName.DETECT,
+                pipeline="detect",
                 blur_strength=70,
             ),
         )

@@ -11,9 +11,9 @@ import pytest
 import redis
 
 from celery_worker.janitor import purge_expired
-from common.contract import PIPELINES
 from common.jobstore import JobStore
 from common.storage import Storage
+from tests.support.catalogue import PIPELINES
 from tests.support.stack import require_servers
 
 pytestmark = pytest.mark.broker
@@ -32,9 +32,8 @@ def store() -> Iterator[JobStore]:
 
 def new_job(store: JobStore, pipeline: str = "detect") -> str:
     job_id = uuid.uuid4().hex
-    store.create(
-        job_id, PIPELINES[pipeline], {"a": 1}, {"key": "k", "bytes": 3}, ["t1", "t2", "t3"]
-    )
+    stages = [(s.stage, s.queue) for s in PIPELINES[pipeline].steps]
+    store.create(job_id, pipeline, stages, {"a": 1}, {"key": "k", "bytes": 3}, ["t1", "t2", "t3"])
     return job_id
 
 

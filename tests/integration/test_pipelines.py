@@ -75,7 +75,8 @@ def test_detect_equals_a_direct_ultralytics_call(
     assert (
         result["model"]["weights_sha256"] == hashlib.sha256(yolo_weights.read_bytes()).hexdigest()
     )
-    assert result["model"]["name"] == yolo_weights.stem
+    assert result["model"]["name"] == "yolov8n"
+    assert result["model"]["weights"] == str(yolo_weights)
     assert result["model"]["version"].startswith("ultralytics ")
 
 
@@ -153,7 +154,7 @@ def test_corrupt_image_fails_the_job_with_a_reason(
 
 def test_catalogue_and_readiness_show_the_workers_models(api_client: Any) -> None:
     pipelines = {p["name"]: p for p in api_client.get("/v1/pipelines").json()["pipelines"]}
-    assert set(pipelines) == {"detect", "segment", "blur-faces"}
+    assert set(pipelines) == {"detect", "segment", "blur-faces", "detect-crops", "redact"}
     for pipeline in pipelines.values():
         assert pipeline["available"] is True and pipeline["unavailable_reason"] is None
         assert [s["queue"] for s in pipeline["steps"]] == ["preprocess", "inference", "postprocess"]
@@ -161,7 +162,7 @@ def test_catalogue_and_readiness_show_the_workers_models(api_client: Any) -> Non
     assert defaults["confidence"] == 0.25 and defaults["image_size"] == 640
     ready = api_client.get("/health/ready")
     assert ready.status_code == 200
-    assert ready.json()["workers"][0]["models"]["yolo-detect"]["available"] is True
+    assert ready.json()["workers"][0]["models"]["yolov8n"]["available"] is True
 
 
 def big_image(assets: Path) -> bytes:

@@ -10,8 +10,9 @@ from kombu import Connection
 
 from api.chains import build_chain, step_task_ids
 from common.celery_app import celery_config, make_celery
-from common.contract import PIPELINES, QUEUES, TASK_ROUTES, Payload
+from common.contract import QUEUES, STEPS, TASK_ROUTES, Payload
 from common.settings import Settings
+from tests.support.catalogue import PIPELINES
 
 JOB = "0123456789abcdef0123456789abcdef"
 
@@ -31,7 +32,7 @@ def test_chain_runs_the_steps_in_order_each_on_its_queue(name: str, memory_app: 
     tasks = chain.tasks
     assert [t.task for t in tasks] == [s.task for s in pipeline.steps]
     assert [t.options["queue"] for t in tasks] == ["preprocess", "inference", "postprocess"]
-    assert [t.options["task_id"] for t in tasks] == [f"{JOB}-{s.name}" for s in pipeline.steps]
+    assert [t.options["task_id"] for t in tasks] == [f"{JOB}-{s.stage}" for s in pipeline.steps]
     assert tasks[0].args == (payload,)
     assert all(t.args == () for t in tasks[1:])
 
@@ -73,7 +74,7 @@ def test_delivery_guarantees_are_configured() -> None:
     assert all(q.durable for q in config["task_queues"])
 
 
-@pytest.mark.parametrize("step", [s for p in PIPELINES.values() for s in p.steps])
+@pytest.mark.parametrize("step", list(STEPS.values()), ids=lambda s: s.name)
 def test_routes_send_each_task_to_its_steps_queue(step: Any) -> None:
     from fnmatch import fnmatch
 

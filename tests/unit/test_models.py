@@ -1,4 +1,4 @@
-"""The model registry refuses to stand in for missing weights."""
+"""The model registry: built from the models file; never stands in for missing weights."""
 
 from __future__ import annotations
 
@@ -7,19 +7,21 @@ from pathlib import Path
 import pytest
 
 from celery_worker.errors import ModelUnavailable
-from celery_worker.models import ModelRegistry, ModelSpec, default_specs, pick_device
-from common.contract import MODEL_MTCNN, MODEL_YOLO_DETECT
-from common.settings import Settings
+from celery_worker.models import LoadedModel, ModelRegistry, ModelSpec, pick_device, specs_from
+from common.catalogue import ModelConfig
+
+
+def yolo(weights: Path) -> dict[str, ModelConfig]:
+    return {"yolov8n": ModelConfig("yolov8n", "detect", weights, "pt")}
 
 
 def test_missing_weights_make_the_model_unavailable_with_the_path(tmp_path: Path) -> None:
-    settings = Settings(detect_weights=tmp_path / "absent.pt")
-    registry = ModelRegistry({MODEL_YOLO_DETECT: default_specs(settings)[MODEL_YOLO_DETECT]})
+    registry = ModelRegistry(specs_from(yolo(tmp_path / "absent.pt")))
     with pytest.raises(ModelUnavailable, match=f"no weights file at {tmp_path / 'absent.pt'}"):
-        registry.get(MODEL_YOLO_DETECT)
+        registry.get("yolov8n")
     report = registry.load_all()
-    assert report[MODEL_YOLO_DETECT]["available"] is False
-    assert "absent.pt" in report[MODEL_YOLO_DETECT]["reason"]
+    assert report["yolov8n"]["available"] is False
+    assert "absent.pt" in report["yolov8n"]["reason"]
 
 
 def test_unknown_model() -> None:
@@ -31,8 +33,6 @@ def test_a_model_is_loaded_once_per_process() -> None:
     calls = []
 
     def loader(spec: ModelSpec, device: str) -> object:
-        from celery_worker.models import LoadedModel
-
         calls.append(device)
         return LoadedModel(spec, object(), device, {"name": spec.name})
 
@@ -52,7 +52,14 @@ def test_device_choice_on_a_cpu_host() -> None:
 def test_corrupt_weights_file_is_unavailable_not_a_crash(tmp_path: Path) -> None:
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    registry = ModelRegistry(default_specs(Settings(detect_weights=bad)), "cpu")
+    registry = ModelRegistry(specs_from(yolo(bad)), "cpu")
     with pytest.raises(ModelUnavailable, match="failed to load"):
-        registry.get(MODEL_YOLO_DETECT)
-    assert MODEL_MTCNN in registry.specs
+        registry.get("yolov8n")
+
+
+def test_class_names_override_and_report(yolo_weights: Path) -> None:
+    config = ModelConfig("renamed", "detect", yolo_weights, "pt", classes={0: "worker"})
+    loaded = ModelRegistry(specs_from({"renamed": config}), "cpu").get("renamed")
+    assert loaded.info["names"][0] == "worker" and loaded.info["names"][1] == "1"
+    assert loaded.info["weights_bytes"] == yolo_weights.stat().st_size
+    assert loaded.info["format"] == "pt" and loaded.info["name"] == "renamed"

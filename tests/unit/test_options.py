@@ -8,12 +8,25 @@ import pytest
 
 from api.errors import BadRequest
 from api.options import get_pipeline, resolve_options
-from common.contract import PIPELINES
+from tests.support.catalogue import CATALOGUE, PIPELINES
 
 
 def test_defaults_fill_missing_options() -> None:
-    options = resolve_options(PIPELINES["detect"], {"pipeline": "detect"})
+    options = resolve_options(CATALOGUE, PIPELINES["detect"], {"pipeline": "detect"})
     assert options == PIPELINES["detect"].defaults()
+    assert options["model"] == "yolov8n" and options["image_size"] == 640
+
+
+def test_pipeline_defaults_from_the_file_are_coerced() -> None:
+    options = resolve_options(CATALOGUE, PIPELINES["redact"], {})
+    assert options["classes"] == [0] and options["blur_method"] == "pixelate"
+
+
+def test_model_must_have_the_pipelines_task() -> None:
+    with pytest.raises(BadRequest, match="its detect models are yolov8n"):
+        resolve_options(CATALOGUE, PIPELINES["detect"], {"model": "mtcnn"})
+    with pytest.raises(BadRequest, match="cannot run"):
+        resolve_options(CATALOGUE, PIPELINES["segment"], {"model": "nope"})
 
 
 @pytest.mark.parametrize(
@@ -34,7 +47,7 @@ def test_defaults_fill_missing_options() -> None:
 def test_values_are_coerced(
     pipeline: str, fields: dict[str, Any], expected: dict[str, Any]
 ) -> None:
-    options = resolve_options(PIPELINES[pipeline], fields)
+    options = resolve_options(CATALOGUE, PIPELINES[pipeline], fields)
     assert {k: options[k] for k in expected} == expected
 
 
@@ -53,9 +66,9 @@ def test_values_are_coerced(
 )
 def test_bad_options_are_refused(pipeline: str, fields: dict[str, Any], message: str) -> None:
     with pytest.raises(BadRequest, match=message):
-        resolve_options(PIPELINES[pipeline], fields)
+        resolve_options(CATALOGUE, PIPELINES[pipeline], fields)
 
 
 def test_unknown_pipeline_lists_the_known_ones() -> None:
-    with pytest.raises(BadRequest, match="choose one of blur-faces, detect"):
-        get_pipeline("segment-everything")
+    with pytest.raises(BadRequest, match="choose one of blur-faces, detect, detect-crops"):
+        get_pipeline(CATALOGUE, "segment-everything")

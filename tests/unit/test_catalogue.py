@@ -1,0 +1,78 @@
+"""The models and pipelines files: the shipped ones load; malformed ones are refused clearly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from common.catalogue import CatalogueError, expand, load_catalogue
+from common.settings import Settings
+from tests.support.catalogue import CATALOGUE
+
+SHIPPED = {"detect", "segment", "blur-faces", "detect-crops", "redact"}
+
+
+def test_shipped_pipelines_and_models() -> None:
+    assert set(CATALOGUE.pipelines) == SHIPPED
+    assert {m.task for m in CATALOGUE.models.values()} == {"detect", "segment", "faces"}
+    assert CATALOGUE.pipelines["redact"].defaults()["blur_method"] == "pixelate"
+    assert [s.name for s in CATALOGUE.pipelines["detect-crops"].steps] == [
+        "preprocess.image",
+        "inference.detect",
+        "postprocess.crops",
+    ]
+
+
+def test_environment_variables_in_values() -> None:
+    env = {"W": "/x/y.pt"}
+    assert expand({"a": ["${W}", "${MISSING:-d.pt}", "${MISSING}"]}, env) == {
+        "a": ["/x/y.pt", "d.pt", ""]
+    }
+
+
+def write(tmp_path: Path, models: str, pipelines: str) -> Settings:
+    (tmp_path / "m.yaml").write_text(models)
+    (tmp_path / "p.yaml").write_text(pipelines)
+    return Settings(models_file=tmp_path / "m.yaml", pipelines_file=tmp_path / "p.yaml")
+
+
+MODELS = "models:\n  d: {task: detect, weights: w.pt}\n  f: {task: faces}\n"
+
+
+@pytest.mark.parametrize(
+    ("models", "pipelines", "message"),
+    [
+        ("models: []", "pipelines: {}", "expected a mapping under 'models:'"),
+        ("models:\n  d: {task: classify, weights: w.pt}\n", "pipelines: {}", "task must be"),
+        ("models:\n  d: {task: detect}\n", "pipelines: {}", "a weights path is needed"),
+        ("models:\n  d: {task: detect, weights: w.tflite}\n", "pipelines: {}", "format must"),
+        (
+            MODELS,
+            "pipelines:\n  p: {model: d, steps: [preprocess.image, inference.x]}\n",
+            "unknown steps ['inference.x']",
+        ),
+        (
+            MODELS,
+            "pipelines:\n  p: {model: d, steps: [inference.detect]}\n",
+            "one preprocess, inference, postprocess",
+        ),
+        (
+            MODELS,
+            "pipelines:\n  p: {model: f, steps: [preprocess.image, inference.detect, "
+            "postprocess.annotate]}\n",
+            "model must name a detect model",
+        ),
+        (
+            MODELS,
+            "pipelines:\n  p: {model: d, steps: [preprocess.image, inference.detect, "
+            "postprocess.annotate], defaults: {blur_method: pixelate}}\n",
+            "defaults for options its steps do not read: ['blur_method']",
+        ),
+    ],
+)
+def test_malformed_files_are_refused(
+    tmp_path: Path, models: str, pipelines: str, message: str
+) -> None:
+    with pytest.raises(CatalogueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_catalogue(write(tmp_path, models, pipelines))
