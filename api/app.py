@@ -52,6 +52,7 @@ def create_app(
         BodySizeLimit,
         position=MiddlewarePosition.BEFORE_EXCEPTION,
         max_upload_bytes=settings.max_upload_bytes,
+        max_batch_bytes=settings.max_batch_bytes,
     )
     _warm_broker(services)
     return app

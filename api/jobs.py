@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -28,6 +29,7 @@ from api.errors import (
 from api.options import get_pipeline, resolve_options
 from api.services import Services
 from common.callbacks import CallbackRefused, check_callback_url
+from common.catalogue import PipelineConfig
 from common.celery_app import HARD_LIMIT_GRACE_SECONDS
 from common.contract import ACTIVE_STATES, Payload
 from common.images import ImageHeader, ImageUnprocessable, NotAnImage, inspect_image
@@ -36,28 +38,55 @@ from common.storage import StorageKeyError
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Request:
+    """What a submission asks for, validated: shared by single jobs and batches."""
+
+    pipeline: PipelineConfig
+    options: dict[str, Any]
+    callback_url: str | None
+
+
+def parse_request(svc: Services, fields: dict[str, Any]) -> Request:
+    """The pipeline, its options and the callback of a submission, or a 400/409."""
+    pipeline = get_pipeline(svc.catalogue, str(fields.get("pipeline", "")))
+    options = resolve_options(svc.catalogue, pipeline, fields)
+    callback = str(fields["callback_url"]) if fields.get("callback_url") else None
+    if callback:
+        try:
+            check_callback_url(
+                callback, svc.settings.callback_hosts, svc.settings.callback_allow_loopback
+            )
+        except CallbackRefused as exc:
+            raise BadRequest(str(exc)) from exc
+    return Request(pipeline, options, callback)
+
+
 def submit(
     svc: Services, stream: IO[bytes], filename: str, fields: dict[str, Any]
 ) -> dict[str, Any]:
     """Validate, store, record and queue a job; returns its record."""
-    pipeline = get_pipeline(svc.catalogue, str(fields.get("pipeline", "")))
-    options = resolve_options(svc.catalogue, pipeline, fields)
-    if fields.get("callback_url"):
-        try:
-            check_callback_url(
-                str(fields["callback_url"]),
-                svc.settings.callback_hosts,
-                svc.settings.callback_allow_loopback,
-            )
-        except CallbackRefused as exc:
-            raise BadRequest(str(exc)) from exc
+    request = parse_request(svc, fields)
+    header = check_image(svc, stream)
+    refuse_if_unavailable(svc, request.pipeline.name, request.options["model"])
+    return submit_image(svc, request, header, stream, filename)
+
+
+def check_image(svc: Services, stream: IO[bytes]) -> ImageHeader:
+    """Size and header of one upload, or a 413/415/422 error."""
     size = stream.seek(0, os.SEEK_END)
     if size > svc.settings.max_upload_bytes:
         raise PayloadTooLarge(
             f"the file is {size} bytes; the limit is {svc.settings.max_upload_bytes}"
         )
-    header = _inspect(stream, svc.settings.max_image_pixels)
-    refuse_if_unavailable(svc, pipeline.name, options["model"])
+    return _inspect(stream, svc.settings.max_image_pixels)
+
+
+def submit_image(
+    svc: Services, request: Request, header: ImageHeader, stream: IO[bytes], filename: str
+) -> dict[str, Any]:
+    """Store, record and queue one checked image of a validated request; all or nothing."""
+    pipeline, options = request.pipeline, request.options
 
     job_id = uuid.uuid4().hex
     input_key = svc.storage.key(job_id, "input" + header.extension)
@@ -73,10 +102,9 @@ def submit(
             "height": header.height,
         }
         task_ids = step_task_ids(job_id, pipeline)
-        callback = str(fields["callback_url"]) if fields.get("callback_url") else None
         stages = [(step.stage, step.queue) for step in pipeline.steps]
         record = svc.store.create(
-            job_id, pipeline.name, stages, options, input_info, task_ids, callback
+            job_id, pipeline.name, stages, options, input_info, task_ids, request.callback_url
         )
     except BaseException:
         svc.storage.remove_job(job_id)

@@ -18,25 +18,32 @@ MULTIPART_OVERHEAD = 64 * 1024
 
 
 class BodySizeLimit:
-    def __init__(self, app: ASGIApp, max_upload_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_upload_bytes: int, max_batch_bytes: int) -> None:
         self.app = app
         self.max_upload = max_upload_bytes
-        self.max_body = max_upload_bytes + MULTIPART_OVERHEAD
+        self.max_batch = max_batch_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
-            await self._refuse(send, int(declared))
+        batch = str(scope.get("path", "")).startswith("/v1/batches")
+        limit = self.max_batch if batch else self.max_upload
+        if (
+            declared is not None
+            and declared.isdigit()
+            and int(declared) > limit + MULTIPART_OVERHEAD
+        ):
+            await self._refuse(send, int(declared), limit, batch)
             return
         await self.app(scope, receive, send)
 
-    async def _refuse(self, send: Send, size: int) -> None:
+    async def _refuse(self, send: Send, size: int, limit: int, batch: bool) -> None:
+        setting = "CV_MAX_BATCH_BYTES" if batch else "CV_MAX_UPLOAD_BYTES"
         error = PayloadTooLarge(
-            f"the request body is {size} bytes; uploads are limited to "
-            f"{self.max_upload} bytes (CV_MAX_UPLOAD_BYTES)"
+            f"the request body is {size} bytes; "
+            f"{'batches' if batch else 'uploads'} are limited to {limit} bytes ({setting})"
         )
         body = error.body()
         await send(

@@ -275,6 +275,25 @@ class JobStore:
                 pipe.zrem(index, *job_ids)
             pipe.execute()
 
+    # batches ------------------------------------------------------------------
+    def batch_key(self, batch_id: str) -> str:
+        return f"{self.prefix}:batch:{batch_id}"
+
+    def create_batch(self, batch: dict[str, Any]) -> None:
+        """A batch: one JSON document (members and their job ids), expiring with the jobs."""
+        self.redis.set(self.batch_key(batch["id"]), json.dumps(batch), ex=self.ttl)
+
+    def get_batch(self, batch_id: str) -> dict[str, Any] | None:
+        raw = self.redis.get(self.batch_key(batch_id))
+        return json.loads(str(raw)) if raw is not None else None
+
+    def states(self, job_ids: Sequence[str]) -> list[str | None]:
+        """The state of each job (None once gone), in one round trip."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hget(self.job_key(job_id), "state")
+            return [str(v) if v is not None else None for v in pipe.execute()]
+
     # expiry -----------------------------------------------------------------
     def expired_ids(self, now: float | None = None, limit: int = 500) -> list[str]:
         """Ids submitted longer than the TTL ago (their records are gone or about to go)."""

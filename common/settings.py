@@ -34,6 +34,9 @@ class Settings:
     device: str = "auto"
     max_upload_bytes: int = 25 * 1024 * 1024
     max_image_pixels: int = 40_000_000
+    # A batch request (all files, or the zip, together) and its number of images.
+    max_batch_bytes: int = 512 * 1024 * 1024
+    max_batch_files: int = 1000
     job_ttl_seconds: int = 7 * 24 * 3600
     step_time_limit_seconds: int = 300
     # Key prefix in Redis; lets several deployments (or the test suite) share one Redis.

@@ -1,0 +1,209 @@
+"""Batches: many images, one pipeline. Each image becomes a job; bad ones fail alone.
+
+A batch is a JSON document in Redis (``cv:batch:<id>``) listing its members and
+their job ids; its progress is read from the jobs themselves. The download zip
+is built on request from the jobs' results and artifacts.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import uuid
+import zipfile
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import PurePosixPath
+from typing import IO, Any
+
+from api.errors import (
+    ApiError,
+    BadRequest,
+    Conflict,
+    NotFound,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    UnsupportedMediaType,
+)
+from api.jobs import check_image, parse_request, refuse_if_unavailable, submit_image
+from api.services import Services
+from api.views import artifact_links, job_url
+from common.contract import TERMINAL_STATES
+from common.jobstore import now_iso
+
+# Zip members that are never images: folder entries and the litter of desktop zippers.
+_SKIP = ("__MACOSX/", ".DS_Store", "Thumbs.db")
+
+
+def batch_url(batch_id: str) -> str:
+    return f"/v1/batches/{batch_id}"
+
+
+def submit(
+    svc: Services,
+    files: list[tuple[str, IO[bytes]]],
+    archive: IO[bytes] | None,
+    fields: dict[str, Any],
+) -> dict[str, Any]:
+    """Queue one job per image; members that cannot be processed are recorded as rejected."""
+    request = parse_request(svc, fields)
+    if not files and archive is None:
+        raise BadRequest("send the images as repeated 'files' fields or as one zip 'archive'")
+    refuse_if_unavailable(svc, request.pipeline.name, request.options["model"])
+    batch_id = uuid.uuid4().hex
+    members = []
+    for index, (filename, stream) in enumerate(_members(svc, files, archive)):
+        member: dict[str, Any] = {
+            "index": index,
+            "filename": filename,
+            "job_id": None,
+            "error": None,
+        }
+        try:
+            if isinstance(stream, ApiError):
+                raise stream
+            header = check_image(svc, stream)
+            member["job_id"] = submit_image(svc, request, header, stream, filename)["id"]
+        except ServiceUnavailable:
+            raise
+        except ApiError as exc:
+            member["error"] = exc.detail
+        members.append(member)
+    batch = {
+        "id": batch_id,
+        "pipeline": request.pipeline.name,
+        "options": request.options,
+        "submitted_at": now_iso(),
+        "members": members,
+    }
+    svc.store.create_batch(batch)
+    return batch
+
+
+def _members(
+    svc: Services, files: list[tuple[str, IO[bytes]]], archive: IO[bytes] | None
+) -> Iterator[tuple[str, IO[bytes] | ApiError]]:
+    limit = svc.settings.max_batch_files
+    if len(files) > limit:
+        raise PayloadTooLarge(f"{len(files)} files; a batch takes at most {limit}")
+    yield from files
+    if archive is None:
+        return
+    try:
+        bundle = zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise UnsupportedMediaType("the archive is not a zip file") from exc
+    with bundle:
+        entries = [
+            info
+            for info in bundle.infolist()
+            if not info.is_dir() and not any(part in info.filename for part in _SKIP)
+        ]
+        if len(files) + len(entries) > limit:
+            raise PayloadTooLarge(f"{len(entries)} files in the zip; a batch takes at most {limit}")
+        for info in entries:
+            name = PurePosixPath(info.filename).name
+            # The declared size is checked before inflating: a zip bomb is never expanded.
+            if info.file_size > svc.settings.max_upload_bytes:
+                yield (
+                    name,
+                    PayloadTooLarge(
+                        f"{info.file_size} bytes uncompressed; the limit is "
+                        f"{svc.settings.max_upload_bytes}"
+                    ),
+                )
+                continue
+            try:
+                with bundle.open(info) as source:
+                    data = source.read(svc.settings.max_upload_bytes + 1)
+            except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError) as exc:
+                yield name, UnsupportedMediaType(f"cannot extract this zip member: {exc}")
+                continue
+            with tempfile.SpooledTemporaryFile(max_size=4 << 20) as spooled:
+                spooled.write(data)
+                spooled.seek(0)
+                yield name, spooled
+
+
+def view(svc: Services, batch: dict[str, Any]) -> dict[str, Any]:
+    members = batch["members"]
+    job_ids = [m["job_id"] for m in members if m["job_id"]]
+    states = dict(zip(job_ids, svc.store.states(job_ids), strict=True))
+    items = []
+    for member in members:
+        job_id = member["job_id"]
+        state = (states.get(job_id) or "expired") if job_id else "rejected"
+        items.append(
+            {
+                "index": member["index"],
+                "filename": member["filename"],
+                "job_id": job_id,
+                "state": state,
+                "error": member["error"],
+                "links": {
+                    "job": job_url(job_id) if job_id else None,
+                    "result": f"{job_url(job_id)}/result" if state == "succeeded" else None,
+                },
+            }
+        )
+    counts = Counter(item["state"] for item in items)
+    finished = sum(counts[s] for s in (*TERMINAL_STATES, "rejected", "expired"))
+    complete = finished == len(items)
+    return {
+        "id": batch["id"],
+        "pipeline": batch["pipeline"],
+        "options": batch["options"],
+        "state": "completed" if complete else "running",
+        "submitted_at": batch["submitted_at"],
+        "counts": {
+            "total": len(items),
+            "done": counts["succeeded"],
+            "failed": finished - counts["succeeded"],
+            "pending": len(items) - finished,
+        },
+        "states": dict(counts),
+        "items": items,
+        "links": {
+            "self": batch_url(batch["id"]),
+            "download": f"{batch_url(batch['id'])}/download" if complete else None,
+        },
+    }
+
+
+def get(svc: Services, batch_id: str) -> dict[str, Any]:
+    batch = svc.store.get_batch(batch_id)
+    if batch is None:
+        raise NotFound(f"no batch {batch_id} (never submitted, or expired)")
+    return batch
+
+
+def archive(svc: Services, batch_id: str) -> IO[bytes]:
+    """The zip of a completed batch: batch.json, then a folder per member."""
+    batch = get(svc, batch_id)
+    summary = view(svc, batch)
+    if summary["state"] != "completed":
+        counts = summary["counts"]
+        raise Conflict(
+            f"batch {batch_id} is still running ({counts['done']} done, {counts['failed']} "
+            f"failed of {counts['total']}); download it once it is completed"
+        )
+    # Closed by the response that sends it.
+    out = tempfile.SpooledTemporaryFile(max_size=16 << 20)  # noqa: SIM115
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as bundle:
+        bundle.writestr("batch.json", json.dumps(summary, indent=1))
+        for item in summary["items"]:
+            folder = f"{item['index']:04d}-{PurePosixPath(item['filename']).stem[:60] or 'image'}"
+            job_id = item["job_id"]
+            record = svc.store.get(job_id) if job_id else None
+            if item["state"] != "succeeded" or record is None:
+                error = (record or {}).get("error") or item["error"] or item["state"]
+                bundle.writestr(f"{folder}/error.json", json.dumps({"error": error}, indent=1))
+                continue
+            result = svc.store.get_result(job_id)
+            bundle.writestr(f"{folder}/result.json", json.dumps(result, indent=1))
+            for link in artifact_links(job_id, record.get("artifacts") or []):
+                path = svc.storage.artifact_path(job_id, link["name"])
+                if path.is_file():
+                    bundle.write(path, f"{folder}/{link['name']}")
+    out.seek(0)
+    return out
