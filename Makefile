@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help install services start demo stop status test lint bench clean
+.PHONY: help install services start demo stop status reload models export-onnx test lint bench clean
 
 help:
 	@echo "make demo     install, start RabbitMQ, Redis, the API and 3 workers, run the sample job"
@@ -12,6 +12,9 @@ help:
 	@echo "make start    install and start the stack without the demo"
 	@echo "make stop     stop what make start / make demo started"
 	@echo "make status   what is running"
+	@echo "make reload   restart the workers (new weights, new config); queued jobs wait"
+	@echo "make models   download the official YOLO weights (needs the internet)"
+	@echo "make export-onnx WEIGHTS=models/yolov8n.pt TASK=detect   export and register ONNX"
 	@echo "make lint     ruff (lint + format check) and mypy"
 	@echo "make bench    latency benchmark against the running stack"
 	@echo "make clean    remove var/ (jobs, logs, Redis data) and demo-output/"
@@ -33,6 +36,15 @@ stop:
 
 status:
 	@scripts/stack.sh status
+
+reload:
+	@scripts/stack.sh reload
+
+models: install
+	$(PY) scripts/fetch_models.py
+
+export-onnx: install
+	$(PY) -m celery_worker.export $(WEIGHTS) --register $(or $(TASK),detect)
 
 test: install services
 	$(PY) -m pytest $(PYTEST_ARGS)

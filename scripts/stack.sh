@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The application processes: the API (gunicorn + uvicorn workers) and one Celery worker per
 # queue, in the background with pidfiles in var/run and logs in var/log.
-#    usage: scripts/stack.sh start|stop|status
+#    usage: scripts/stack.sh start|stop|status|reload
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -95,9 +95,18 @@ status() {
     scripts/services.sh status
 }
 
+reload() {
+    # Warm shutdown: each worker finishes its current step; queued messages wait in RabbitMQ.
+    for queue in "${QUEUES[@]}"; do
+        stop_pid "$RUN/worker-$queue.pid" "$queue worker"
+    done
+    start
+}
+
 case ${1:-} in
     start) start ;;
     stop) stop ;;
     status) status ;;
-    *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+    reload) reload ;;
+    *) echo "usage: $0 start|stop|status|reload" >&2; exit 2 ;;
 esac

@@ -1,0 +1,62 @@
+"""`make models`: download the official Ultralytics weights the shipped config names.
+
+    .venv/bin/python scripts/fetch_models.py [--dest models] [NAME ...]
+
+Needs the internet (the Ultralytics release assets). On an offline host it
+fails with a message saying what to copy where; it never writes a partial file.
+Set CV_WEIGHTS_BASE_URL to use a mirror inside your network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+BASE_URL = "https://github.com/ultralytics/assets/releases/download/v8.3.0"
+DEFAULT = ("yolov8n.pt", "yolo11n-seg.pt")
+
+
+def fetch(name: str, dest: Path, base_url: str, timeout: float = 30) -> Path:
+    target = dest / name
+    if target.is_file():
+        print(f"{target}: already there ({target.stat().st_size} bytes)")
+        return target
+    url = f"{base_url.rstrip('/')}/{name}"
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=dest, prefix=f".{name}.", delete=False) as out:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+        except (urllib.error.URLError, OSError) as exc:
+            Path(out.name).unlink(missing_ok=True)
+            raise SystemExit(
+                f"cannot download {url}: {exc}\n"
+                f"This host cannot reach the Ultralytics release assets (offline?). Copy "
+                f"{name} from a machine that has it into {dest}/ (or set CV_WEIGHTS_BASE_URL "
+                "to a mirror), then restart the inference worker: make reload"
+            ) from None
+    os.replace(out.name, target)
+    digest = hashlib.sha256(target.read_bytes()).hexdigest()
+    print(f"{target}: {target.stat().st_size} bytes, sha256 {digest}")
+    return target
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dest", type=Path, default=Path("models"))
+    parser.add_argument("names", nargs="*", default=list(DEFAULT))
+    args = parser.parse_args()
+    base_url = os.environ.get("CV_WEIGHTS_BASE_URL") or BASE_URL
+    for name in args.names:
+        fetch(name, args.dest, base_url)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
