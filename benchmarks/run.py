@@ -137,6 +137,49 @@ def end_to_end(api: str, pipeline: str, runs: int) -> dict[str, Any]:
     return {"model": model, **summary(times), "step_median_ms": step_medians}
 
 
+def batch_end_to_end(api: str, pipeline: str, count: int) -> dict[str, Any]:
+    """One batch of ``count`` photos (zidane and bus in turn): POST to completed."""
+    photos = [(assets() / name).read_bytes() for name in ("zidane.jpg", "bus.jpg")]
+    boundary = uuid.uuid4().hex
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="pipeline"\r\n\r\n'
+        f"{pipeline}\r\n".encode()
+    ]
+    for index in range(count):
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; '
+            f'filename="photo-{index}.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'.encode()
+            + photos[index % 2]
+            + b"\r\n"
+        )
+    parts.append(f"--{boundary}--\r\n".encode())
+    started = time.perf_counter()
+    status, batch = request(
+        "POST",
+        f"{api}/v1/batches",
+        b"".join(parts),
+        {"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    if status != 202 or batch is None:
+        raise SystemExit(f"POST /v1/batches answered {status}: {batch}")
+    accepted = time.perf_counter() - started
+    while batch["state"] != "completed":
+        time.sleep(0.1)
+        _, batch = request("GET", f"{api}/v1/batches/{batch['id']}")
+        assert batch is not None
+    elapsed = time.perf_counter() - started
+    status, _ = request("GET", f"{api}/v1/batches/{batch['id']}/download")
+    return {
+        "images": count,
+        "pipeline": pipeline,
+        "accepted_s": round(accepted, 2),
+        "completed_s": round(elapsed, 2),
+        "images_per_s": round(count / elapsed, 2),
+        "counts": batch["counts"],
+        "download_status": status,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--api", default="http://127.0.0.1:8000")
@@ -144,6 +187,8 @@ def main() -> None:
     parser.add_argument("--posts", type=int, default=50)
     parser.add_argument("--pipelines", nargs="*", help="only these (default: all available)")
     parser.add_argument("--label", default="", help="a note saved with the figures")
+    parser.add_argument("--batch", type=int, default=0, help="also time a batch of N images")
+    parser.add_argument("--batch-pipeline", default="detect")
     args = parser.parse_args()
 
     status, ready = request("GET", f"{args.api}/health/ready")
@@ -179,6 +224,13 @@ def main() -> None:
             f"sha256 {str(model.get('weights_sha256'))[:12]} on {model.get('device')}): "
             f"median {figures['median_ms']} ms, p95 {figures['p95_ms']} ms; "
             f"step medians {figures['step_median_ms']}"
+        )
+    if args.batch:
+        report["batch"] = batch_end_to_end(args.api, args.batch_pipeline, args.batch)
+        print(
+            f"batch of {args.batch} images, {args.batch_pipeline}: accepted in "
+            f"{report['batch']['accepted_s']} s, completed in {report['batch']['completed_s']} s "
+            f"({report['batch']['images_per_s']} images/s), counts {report['batch']['counts']}"
         )
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
