@@ -9,6 +9,7 @@ RUN pip install --no-cache-dir -r requirements-api.txt
 COPY api api
 COPY common common
 COPY swagger swagger
+COPY config config
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=5s --retries=6 CMD curl -fsS http://127.0.0.1:8000/health/ready || exit 1
 CMD ["gunicorn", "--no-control-socket", "-k", "uvicorn_worker.UvicornWorker", "-w", "2", \

@@ -12,5 +12,6 @@ RUN pip install --no-cache-dir -r requirements-worker.txt \
     && pip install --no-cache-dir --no-deps -r requirements-worker-nodeps.txt
 COPY celery_worker celery_worker
 COPY common common
+COPY config config
 CMD ["celery", "-A", "celery_worker.app", "worker", "-Q", "preprocess,postprocess", "-c", "2", \
      "--without-mingle", "--without-gossip", "--loglevel", "INFO"]
