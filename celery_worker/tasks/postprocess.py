@@ -135,17 +135,8 @@ def postprocess_crops(ctx: WorkerContext, payload: Payload) -> Payload:
 def postprocess_redact(ctx: WorkerContext, payload: Payload) -> Payload:
     """Every detection (of the chosen classes) blurred or pixelated in the original image."""
     started = time.perf_counter()
-    options = payload["options"]
-    width, height = payload["image"]["width"], payload["image"]["height"]
     boxes, detections = _yolo_detections(payload)
-    image = decode_image(ctx.storage.path(payload["input_key"]), ctx.settings.max_image_pixels)
-    hidden = hide_regions(
-        image,
-        widen(boxes, float(options["margin"]), width, height),
-        str(options["blur_method"]),
-        int(options["blur_strength"]),
-    )
-    artifact = _write_artifact(ctx, payload, "redacted", hidden, options["output_format"])
+    artifact = _hide(ctx, payload, boxes, "redacted")
     return _finish(ctx, payload, detections, [artifact], started)
 
 
@@ -177,6 +168,14 @@ def postprocess_blur(ctx: WorkerContext, payload: Payload) -> Payload:
         }
         for box, i, marks in zip(boxes, keep, landmarks, strict=True)
     ]
+    artifact = _hide(ctx, payload, boxes, "blurred")
+    return _finish(ctx, payload, detections, [artifact], started)
+
+
+def _hide(ctx: WorkerContext, payload: Payload, boxes: np.ndarray, stem: str) -> dict[str, Any]:
+    """The original image with ``boxes`` (widened by ``margin``) hidden, as an artifact."""
+    options = payload["options"]
+    width, height = payload["image"]["width"], payload["image"]["height"]
     image = decode_image(ctx.storage.path(payload["input_key"]), ctx.settings.max_image_pixels)
     hidden = hide_regions(
         image,
@@ -184,8 +183,7 @@ def postprocess_blur(ctx: WorkerContext, payload: Payload) -> Payload:
         str(options["blur_method"]),
         int(options["blur_strength"]),
     )
-    artifact = _write_artifact(ctx, payload, "blurred", hidden, options["output_format"])
-    return _finish(ctx, payload, detections, [artifact], started)
+    return _write_artifact(ctx, payload, stem, hidden, options["output_format"])
 
 
 def widen(boxes: np.ndarray, margin: float, width: int, height: int) -> np.ndarray:
