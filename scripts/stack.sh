@@ -96,6 +96,11 @@ status() {
 }
 
 reload() {
+    # The API re-reads config/ in new gunicorn workers (HUP: graceful, no request dropped).
+    if alive "$RUN/api.pid"; then
+        kill -HUP "$(cat "$RUN/api.pid")"
+        echo "stack: API reloading"
+    fi
     # Warm shutdown: each worker finishes its current step; queued messages wait in RabbitMQ.
     for queue in "${QUEUES[@]}"; do
         stop_pid "$RUN/worker-$queue.pid" "$queue worker"
