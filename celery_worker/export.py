@@ -5,7 +5,7 @@
 Runs offline. ``--register detect`` (or ``segment``) points ``CV_DETECT_WEIGHTS``
 (``CV_SEGMENT_WEIGHTS``) in ``.env`` at the new file; restart the inference worker
 (``make stop && make start``) to load it. Queued jobs stay in RabbitMQ meanwhile.
-ONNX models take a square input: the preprocess worker letterboxes accordingly.
+The export has dynamic input sizes, so it letterboxes like the PyTorch model.
 """
 
 from __future__ import annotations
@@ -29,9 +29,11 @@ def export_onnx(weights: Path, imgsz: int = 640, out: Path | None = None) -> Pat
 
     if not weights.is_file():
         raise SystemExit(f"no weights file at {weights}")
+    # dynamic: the model takes the same rectangle PyTorch does (640x384 for a 16:9
+    # photo), not a padded square: about 40% less work on wide images.
     exported = Path(
         YOLO(str(weights)).export(
-            format="onnx", imgsz=imgsz, dynamic=False, simplify=True, verbose=False
+            format="onnx", imgsz=imgsz, dynamic=True, simplify=True, verbose=False
         )
     )
     if out is not None and exported.resolve() != out.resolve():

@@ -8,6 +8,7 @@ a reason that the API shows; nothing ever stands in for it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import logging
@@ -140,6 +141,8 @@ def load_yolo(spec: ModelSpec, device: str) -> LoadedModel:
 
     model = YOLO(str(spec.weights), task=spec.task)
     model.predict(np.zeros((64, 64, 3), dtype=np.uint8), imgsz=64, device=device, verbose=False)
+    if spec.weights.suffix == ".onnx" and device == "cpu":
+        _stop_onnx_spinning(model, spec.weights)
     names = {int(k): str(v) for k, v in model.names.items()}
     if spec.config is not None and spec.config.classes:
         names.update(spec.config.classes)
@@ -155,6 +158,48 @@ def load_yolo(spec: ModelSpec, device: str) -> LoadedModel:
         "classes": len(names),
     }
     return LoadedModel(spec, model, device, {**info, "names": names})
+
+
+def _stop_onnx_spinning(model: Any, weights: Path) -> None:
+    """Reopen the ONNX Runtime session with its threads sleeping when idle.
+
+    By default they spin between operators; next to the other workers on a small host
+    that doubled the inference time in the service (84 vs 49 ms measured with one busy
+    core; 64 ms without spinning).
+    """
+    import onnxruntime
+
+    backend = getattr(getattr(model.predictor, "model", None), "backend", None)
+    if backend is None or not hasattr(backend, "session"):
+        log.warning("ONNX Runtime session not found; spinning stays on")
+        return
+    options = onnxruntime.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    backend.session = onnxruntime.InferenceSession(
+        str(weights), options, providers=["CPUExecutionProvider"]
+    )
+
+
+def rectangular_input(weights: Path | None) -> bool:
+    """Whether Ultralytics letterboxes this model to the smallest stride-multiple rectangle.
+
+    PyTorch models and dynamic-shape ONNX exports take any size; static exports
+    (ONNX, TensorRT) a square. The preprocess worker must letterbox the same way.
+    """
+    if weights is None or weights.suffix == ".pt":
+        return True
+    if weights.suffix != ".onnx":
+        return False
+    return _onnx_is_dynamic(str(weights), weights.stat().st_mtime)
+
+
+@functools.cache
+def _onnx_is_dynamic(path: str, mtime: float) -> bool:
+    import onnx
+
+    graph = onnx.load(path, load_external_data=False).graph
+    dims = graph.input[0].type.tensor_type.shape.dim
+    return any(dim.dim_param for dim in dims[2:])
 
 
 def load_mtcnn(spec: ModelSpec, device: str) -> LoadedModel:

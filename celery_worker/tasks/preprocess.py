@@ -10,6 +10,7 @@ import numpy as np
 from celery_worker.context import WorkerContext
 from celery_worker.errors import ModelUnavailable
 from celery_worker.imaging import decode_image, letterbox
+from celery_worker.models import rectangular_input
 from celery_worker.steps import job_step
 from common.contract import TASK_PREPROCESS_IMAGE, Letterbox, Payload
 
@@ -36,8 +37,7 @@ def preprocess_image(ctx: WorkerContext, payload: Payload) -> Payload:
     if spec.task == "faces":
         model_input, box = _for_faces(image)
     else:
-        # Ultralytics pads PyTorch models to the smallest stride multiple, exported ones square.
-        auto = spec.weights is None or spec.weights.suffix == ".pt"
+        auto = rectangular_input(spec.weights)
         model_input, box = letterbox(image, int(payload["options"]["image_size"]), auto=auto)
     key = ctx.storage.key(job_id, "work", MODEL_INPUT)
     buffer = io.BytesIO()
