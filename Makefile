@@ -46,8 +46,10 @@ models: install
 export-onnx: install
 	$(PY) -m celery_worker.export $(WEIGHTS) --register $(or $(TASK),detect)
 
+# make itself exits 2 on any failing recipe; the line below names pytest's own status
+# (5 = no test collected, which fails too).
 test: install services
-	$(PY) -m pytest $(PYTEST_ARGS)
+	@$(PY) -m pytest $(PYTEST_ARGS) || { rc=$$?; echo "make test: pytest exited with $$rc" >&2; exit $$rc; }
 
 lint: install
 	.venv/bin/ruff check .

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 TERMINAL = ("succeeded", "failed", "cancelled")
+POLL_SECONDS = 0.2
 
 
 def call(
@@ -34,6 +35,10 @@ def call(
             return response.status, response.read()
     except urllib.error.HTTPError as error:
         return error.code, error.read()
+    except urllib.error.URLError as error:
+        raise SystemExit(
+            f"{method} {url}: {error.reason} (is the stack running? `make start`)"
+        ) from None
 
 
 def get_json(url: str) -> Any:
@@ -86,7 +91,7 @@ def follow(api: str, job: dict[str, Any], label: str, timeout: float = 120) -> d
             return job
         if time.monotonic() - started > timeout:
             raise SystemExit(f"{label}: still {job['state']} after {timeout} s; see var/log/")
-        time.sleep(0.1)
+        time.sleep(POLL_SECONDS)
 
 
 def save(api: str, job: dict[str, Any], folder: Path) -> dict[str, Any]:
@@ -97,6 +102,8 @@ def save(api: str, job: dict[str, Any], folder: Path) -> dict[str, Any]:
         status, data = call("GET", api + artifact["href"])
         if status == 200:
             (folder / artifact["name"]).write_bytes(data)
+        else:
+            print(f"  warning: GET {artifact['href']} answered {status}; not saved")
     return result
 
 

@@ -28,7 +28,7 @@ if [[ ! -x $VENV/bin/python ]]; then
 fi
 
 # The build machines' pip configuration names missing local indexes; drop only those lines.
-quiet() { grep -v '^WARNING: Location .* is ignored' || true; }
+quiet() { grep -v '^WARNING: Location' || true; }
 
 echo "install: Python packages into $VENV (a few minutes the first time: torch is large)"
 "$VENV/bin/python" -m pip install -q --upgrade pip 2>&1 | quiet

@@ -19,6 +19,14 @@ URL="http://${BIND/0.0.0.0/127.0.0.1}"
 export YOLO_CONFIG_DIR=${YOLO_CONFIG_DIR:-$ROOT/var/ultralytics} YOLO_OFFLINE=1 YOLO_AUTOINSTALL=0
 
 alive() { [[ -f $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# The processes that died (a gunicorn master whose app failed to import removes its pidfile).
+exited() {
+    alive "$RUN/api.pid" || printf ' API'
+    local queue
+    for queue in "${QUEUES[@]}"; do
+        alive "$RUN/worker-$queue.pid" || printf ' %s-worker' "$queue"
+    done
+}
 
 start() {
     scripts/services.sh start
@@ -40,16 +48,23 @@ start() {
         # Callbacks wait on the network: threads. Steps: one prefork process each.
         pool=(-P prefork -c 1)
         [[ $queue == notify ]] && pool=(-P threads -c 8)
-        "$BIN/celery" -A celery_worker.app worker -Q "$queue" -n "$queue@%h" "${pool[@]}" \
-            --without-mingle --without-gossip --loglevel INFO \
+        "$BIN/celery" --workdir "$ROOT" -A celery_worker.app worker -Q "$queue" \
+            -n "$queue@%h" "${pool[@]}" --without-mingle --without-gossip --loglevel INFO \
             --pidfile "$RUN/worker-$queue.pid" --logfile "$LOG/worker-$queue.log" --detach
     done
     # Ready when RabbitMQ and Redis answer the API and the inference worker reported its models.
     printf "stack: waiting for %s/health/ready and the inference worker " "$URL"
-    local deadline=$(( $(date +%s) + 120 ))
-    until curl -fsS "$URL/health/ready" 2>/dev/null | grep -q '"models"'; do
-        if (( $(date +%s) > deadline )); then
-            echo; echo "stack: not ready after 120 s; last log lines:" >&2
+    local t0=$SECONDS waited dead
+    until curl -fsS --max-time 5 "$URL/health/ready" 2>/dev/null | grep -q '"models"'; do
+        waited=$(( SECONDS - t0 ))
+        dead=$(exited)
+        if (( waited >= 120 )) || [[ $waited -ge 10 && -n $dead ]]; then
+            echo
+            if [[ -n $dead ]]; then
+                echo "stack: exited:$dead; last log lines:" >&2
+            else
+                echo "stack: not ready after 120 s; last log lines:" >&2
+            fi
             tail -n 20 "$LOG"/api.log "$LOG"/worker-*.log >&2 || true
             exit 1
         fi
