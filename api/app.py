@@ -11,9 +11,10 @@ import redis
 from connexion.lifecycle import ConnexionRequest, ConnexionResponse
 from connexion.middleware import MiddlewarePosition
 from kombu.exceptions import OperationalError
+from starlette.requests import ClientDisconnect
 
-from api import swagger_page
-from api.errors import PROBLEM_JSON, ApiError, ServiceUnavailable
+from api import swagger_page, uploads
+from api.errors import PROBLEM_JSON, ApiError, BadRequest, ServiceUnavailable
 from api.limits import BodySizeLimit
 from api.services import EXTENSION_KEY, Services
 from common.catalogue import load_catalogue
@@ -34,10 +35,12 @@ def create_app(
     services = services or build_services(settings)
 
     app = connexion.FlaskApp(__name__, specification_dir=str(SPEC.parent))
+    validator_map = uploads.install(app, services.storage.tmp_dir)
     app.add_api(
         SPEC.name,
         strict_validation=True,
         validate_responses=True,
+        validator_map=validator_map,
         swagger_ui_options=connexion.options.SwaggerUIOptions(
             swagger_ui_path="/ui", serve_spec=False
         ),
@@ -48,11 +51,13 @@ def create_app(
     app.add_error_handler(ApiError, _problem)
     app.add_error_handler(redis.RedisError, _redis_down)
     app.add_error_handler(OperationalError, _broker_down)
+    app.add_error_handler(ClientDisconnect, _client_gone)
     app.add_middleware(
         BodySizeLimit,
         position=MiddlewarePosition.BEFORE_EXCEPTION,
         max_upload_bytes=settings.max_upload_bytes,
         max_batch_bytes=settings.max_batch_bytes,
+        max_video_bytes=settings.max_video_bytes,
     )
     _warm_broker(services)
     return app
@@ -85,6 +90,12 @@ def _redis_down(request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
 def _broker_down(request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
     log.warning("broker error: %s", exc)
     return _problem(request, ServiceUnavailable(f"the message broker does not answer: {exc}"))
+
+
+def _client_gone(request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
+    # Nobody reads this answer; it only ends the request without an error traceback.
+    log.info("client disconnected during the upload to %s", request.url.path)
+    return _problem(request, BadRequest("the client disconnected before the body was complete"))
 
 
 def _warm_broker(services: Services) -> None:

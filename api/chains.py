@@ -8,7 +8,7 @@ from celery import Celery
 from celery.canvas import Signature, chain
 
 from common.catalogue import PipelineConfig
-from common.contract import Payload
+from common.contract import QUEUE_PREPROCESS, TASK_PREPROCESS_VIDEO, Payload
 
 
 def step_task_ids(job_id: str, pipeline: PipelineConfig) -> list[str]:
@@ -37,3 +37,18 @@ def build_chain(
         for index, (step, task_id) in enumerate(zip(pipeline.steps, task_ids, strict=True))
     ]
     return chain(*signatures)
+
+
+def build_video_start(app: Celery, payload: Payload, task_id: str) -> Signature:
+    """The first step of a video job: probe, plan and split into chunks (preprocess queue).
+
+    The chunks' own chains (preprocess -> inference -> postprocess per chunk, then one
+    finishing step) are published by the workers, which alone know how many there are.
+    """
+    return app.signature(
+        TASK_PREPROCESS_VIDEO,
+        args=(dict(payload),),
+        queue=QUEUE_PREPROCESS,
+        routing_key=QUEUE_PREPROCESS,
+        task_id=task_id,
+    )

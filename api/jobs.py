@@ -9,14 +9,17 @@ from __future__ import annotations
 import logging
 import os
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import redis
+from celery.canvas import Signature
+from common.videos import NotAVideo, VideoInfo, VideoUnprocessable, probe_video
 from kombu.exceptions import OperationalError
 
-from api.chains import build_chain, step_task_ids
+from api.chains import build_chain, build_video_start, step_task_ids
 from api.errors import (
     BadRequest,
     Conflict,
@@ -26,7 +29,7 @@ from api.errors import (
     UnprocessableImage,
     UnsupportedMediaType,
 )
-from api.options import get_pipeline, resolve_options
+from api.options import NON_OPTIONS, get_pipeline, resolve_options
 from api.services import Services
 from common.callbacks import CallbackRefused, check_callback_url
 from common.catalogue import PipelineConfig
@@ -45,6 +48,8 @@ class Request:
     pipeline: PipelineConfig
     options: dict[str, Any]
     callback_url: str | None
+    # The options the client set (the rest are defaults).
+    given: frozenset[str] = frozenset()
 
 
 def parse_request(svc: Services, fields: dict[str, Any]) -> Request:
@@ -59,17 +64,22 @@ def parse_request(svc: Services, fields: dict[str, Any]) -> Request:
             )
         except CallbackRefused as exc:
             raise BadRequest(str(exc)) from exc
-    return Request(pipeline, options, callback)
+    given = frozenset(k for k, v in fields.items() if k not in NON_OPTIONS and v is not None)
+    return Request(pipeline, options, callback, given)
 
 
 def submit(
     svc: Services, stream: IO[bytes], filename: str, fields: dict[str, Any]
 ) -> dict[str, Any]:
-    """Validate, store, record and queue a job; returns its record."""
+    """Validate, store, record and queue a job (an image or a video); returns its record."""
     request = parse_request(svc, fields)
-    header = check_image(svc, stream)
+    upload = check_upload(svc, stream)
+    if not isinstance(upload, VideoInfo):
+        refuse_video_options(request)
     refuse_if_unavailable(svc, request.pipeline.name, request.options["model"])
-    return submit_image(svc, request, header, stream, filename)
+    if isinstance(upload, VideoInfo):
+        return submit_video(svc, request, upload, stream, filename)
+    return submit_image(svc, request, upload, stream, filename)
 
 
 def check_image(svc: Services, stream: IO[bytes]) -> ImageHeader:
@@ -82,44 +92,148 @@ def check_image(svc: Services, stream: IO[bytes]) -> ImageHeader:
     return _inspect(stream, svc.settings.max_image_pixels)
 
 
+def check_upload(svc: Services, stream: IO[bytes]) -> ImageHeader | VideoInfo:
+    """An image's header or a video's probe, within its kind's limits; else 413/415/422.
+
+    Images are recognised from their header; anything else is opened with FFmpeg
+    (PyAV), which must decode a first frame: a file that is neither gets a 415.
+    """
+    settings = svc.settings
+    size = stream.seek(0, os.SEEK_END)
+    stream.seek(0)
+    largest = max(settings.max_upload_bytes, settings.max_video_bytes)
+    if size > largest:
+        raise PayloadTooLarge(f"the file is {size} bytes; the limit is {largest}")
+    try:
+        header = inspect_image(stream, settings.max_image_pixels)
+    except ImageUnprocessable as exc:
+        raise UnprocessableImage(str(exc)) from exc
+    except NotAnImage:
+        pass
+    else:
+        if size > settings.max_upload_bytes:
+            raise PayloadTooLarge(
+                f"the image is {size} bytes; images are limited to {settings.max_upload_bytes} "
+                "bytes (CV_MAX_UPLOAD_BYTES)"
+            )
+        return header
+    try:
+        info = probe_video(stream, settings.max_image_pixels, settings.max_video_seconds)
+    except NotAVideo as exc:
+        raise UnsupportedMediaType(
+            "the file is neither an image nor a video the service can read "
+            f"({exc}); send JPEG, PNG, WebP, BMP or TIFF images, or MP4, MOV, MKV, WebM or "
+            "AVI videos"
+        ) from exc
+    except VideoUnprocessable as exc:
+        raise UnprocessableImage(str(exc)) from exc
+    finally:
+        stream.seek(0)
+    if size > settings.max_video_bytes:
+        raise PayloadTooLarge(
+            f"the video is {size} bytes; videos are limited to {settings.max_video_bytes} "
+            "bytes (CV_MAX_VIDEO_BYTES)"
+        )
+    return info
+
+
+def refuse_video_options(request: Request) -> None:
+    """400 for options that only apply to videos, sent with an image."""
+    video_only = sorted(
+        o.name for o in request.pipeline.options if o.media == "video" and o.name in request.given
+    )
+    if video_only:
+        raise BadRequest(f"option {', '.join(map(repr, video_only))} applies to videos only")
+
+
 def submit_image(
     svc: Services, request: Request, header: ImageHeader, stream: IO[bytes], filename: str
 ) -> dict[str, Any]:
     """Store, record and queue one checked image of a validated request; all or nothing."""
-    pipeline, options = request.pipeline, request.options
+    pipeline = request.pipeline
+    input_info = {
+        "kind": "image",
+        "filename": Path(filename or "upload").name[:200],
+        "content_type": header.content_type,
+        "format": header.format,
+        "width": header.width,
+        "height": header.height,
+    }
 
+    def start(job_id: str, input_key: str) -> Signature:
+        payload: Payload = {
+            "job_id": job_id,
+            "pipeline": pipeline.name,
+            "model_name": request.options["model"],
+            "options": request.options,
+            "input_key": input_key,
+            "image": {"width": header.width, "height": header.height},
+        }
+        return build_chain(svc.celery, pipeline, payload, step_task_ids(job_id, pipeline))
+
+    return _enqueue(svc, request, stream, header.extension, input_info, start)
+
+
+def submit_video(
+    svc: Services, request: Request, info: VideoInfo, stream: IO[bytes], filename: str
+) -> dict[str, Any]:
+    """Store, record and queue one probed video; the workers split it into chunks."""
+    pipeline = request.pipeline
+    input_info = {
+        "kind": "video",
+        "filename": Path(filename or "upload").name[:200],
+        "content_type": info.content_type,
+        "format": info.container,
+        "width": info.width,
+        "height": info.height,
+        "video": info.as_dict(),
+    }
+
+    def start(job_id: str, input_key: str) -> Signature:
+        payload: Payload = {
+            "job_id": job_id,
+            "pipeline": pipeline.name,
+            "model_name": request.options["model"],
+            "options": request.options,
+            "input_key": input_key,
+            "kind": "video",
+            "video": info.as_dict(),
+            "render": pipeline.steps[-1].name,
+        }
+        return build_video_start(svc.celery, payload, step_task_ids(job_id, pipeline)[0])
+
+    return _enqueue(svc, request, stream, info.extension, input_info, start)
+
+
+def _enqueue(
+    svc: Services,
+    request: Request,
+    stream: IO[bytes],
+    extension: str,
+    input_info: dict[str, Any],
+    start: Callable[[str, str], Signature],
+) -> dict[str, Any]:
+    """Store the upload, record the job and publish its first step; all or nothing."""
+    pipeline = request.pipeline
     job_id = uuid.uuid4().hex
-    input_key = svc.storage.key(job_id, "input" + header.extension)
+    input_key = svc.storage.key(job_id, "input" + extension)
     try:
         size = svc.storage.write_stream(input_key, stream)
-        input_info = {
-            "key": input_key,
-            "filename": Path(filename or "upload").name[:200],
-            "content_type": header.content_type,
-            "format": header.format,
-            "bytes": size,
-            "width": header.width,
-            "height": header.height,
-        }
-        task_ids = step_task_ids(job_id, pipeline)
         stages = [(step.stage, step.queue) for step in pipeline.steps]
         record = svc.store.create(
-            job_id, pipeline.name, stages, options, input_info, task_ids, request.callback_url
+            job_id,
+            pipeline.name,
+            stages,
+            request.options,
+            {"key": input_key, **input_info, "bytes": size},
+            step_task_ids(job_id, pipeline),
+            request.callback_url,
         )
     except BaseException:
         svc.storage.remove_job(job_id)
         raise
-
-    payload: Payload = {
-        "job_id": job_id,
-        "pipeline": pipeline.name,
-        "model_name": options["model"],
-        "options": options,
-        "input_key": input_key,
-        "image": {"width": header.width, "height": header.height},
-    }
     try:
-        build_chain(svc.celery, pipeline, payload, task_ids).apply_async()
+        start(job_id, input_key).apply_async()
     except BaseException as exc:
         _rollback(svc, job_id)
         if isinstance(exc, OperationalError):

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from common.contract import artifact_content_type, artifact_href
+from common.contract import STAGES, artifact_content_type, artifact_href
 
 
 def job_url(job_id: str) -> str:
@@ -40,6 +40,7 @@ def job_view(record: dict[str, Any]) -> dict[str, Any]:
         "finished_at": record.get("finished_at"),
         "steps": [_step_view(s) for s in record.get("steps") or []],
         "error": record.get("error"),
+        "progress": progress(record),
         "links": {
             "self": job_url(job_id),
             "result": f"{job_url(job_id)}/result" if succeeded else None,
@@ -58,3 +59,39 @@ def _step_view(step: dict[str, Any]) -> dict[str, Any]:
         started = datetime.fromisoformat(step["started_at"])
         seconds = round((datetime.fromisoformat(step["finished_at"]) - started).total_seconds(), 4)
     return {**step, "seconds": seconds}
+
+
+def progress(record: dict[str, Any], now: datetime | None = None) -> dict[str, Any] | None:
+    """A video job's progress: frames done of the total, percent, rate and ETA.
+
+    A frame is done once its chunk went through all three stages (it is in the output
+    video); ``frames_by_stage`` shows each stage's own count. The ETA extrapolates the
+    rate since the job started. None for images, and for videos not planned yet.
+    """
+    total = int(record.get("frames_total") or 0)
+    if total <= 0:
+        return None
+    by_stage = {stage: int(record.get(f"frames_done:{stage}") or 0) for stage in STAGES}
+    done = min(by_stage["postprocess"], total)
+    steps = record.get("steps") or []
+    started = steps[0].get("started_at") if steps else None
+    end = record.get("finished_at")
+    elapsed = None
+    if started:
+        until = datetime.fromisoformat(end) if end else (now or datetime.now(UTC))
+        elapsed = max((until - datetime.fromisoformat(started)).total_seconds(), 1e-3)
+    rate = done / elapsed if elapsed and done else None
+    eta = None
+    if record["state"] in ("queued", "running") and rate:
+        eta = round((total - done) / rate, 1)
+    elif record["state"] == "succeeded":
+        eta = 0.0
+    return {
+        "frames_done": done,
+        "frames_total": total,
+        "percent": round(100 * done / total, 1),
+        "eta_seconds": eta,
+        "frames_per_second": round(rate, 2) if rate else None,
+        "chunks_total": int(record.get("chunks_total") or 0),
+        "frames_by_stage": by_stage,
+    }

@@ -30,6 +30,7 @@ app.conf.include = [
     "celery_worker.tasks.preprocess",
     "celery_worker.tasks.inference",
     "celery_worker.tasks.postprocess",
+    "celery_worker.tasks.video",
     "celery_worker.tasks.notify",
 ]
 

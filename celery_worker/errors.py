@@ -1,7 +1,9 @@
 """What can go wrong in a step, and what each outcome does to the job.
 
-    Control signal (not a failure)
-    └── JobGone                 job cancelled, deleted or expired: stop the chain quietly
+    Control signals (not failures)
+    ├── JobGone                 job cancelled, deleted or expired: stop the chain quietly
+    └── ChunkAlreadyDone        a video chunk redelivered or published twice, whose work
+                                another run finished: stop this copy quietly
 
     StepFailed(kind)            the job ends ``failed`` with ``error.kind`` and the message
     ├── InputError   "input"    the upload cannot be decoded or processed; never retried
@@ -18,6 +20,10 @@ from __future__ import annotations
 
 class JobGone(Exception):
     """The job is no longer active; the step must not run or must not publish."""
+
+
+class ChunkAlreadyDone(Exception):
+    """Another run of this video chunk finished it (after a redelivery or a re-publish)."""
 
 
 class StepFailed(Exception):

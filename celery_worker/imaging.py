@@ -79,6 +79,22 @@ def unletterbox(boxes: np.ndarray, box: Letterbox, width: int, height: int) -> n
     return out
 
 
+def safe_name(name: str) -> str:
+    """A class name as a file-name fragment."""
+    cleaned = "".join(c if c.isalnum() else "-" for c in name.encode("ascii", "ignore").decode())
+    return cleaned.strip("-")[:40] or "object"
+
+
+def widen(boxes: np.ndarray, margin: float, width: int, height: int) -> np.ndarray:
+    """Each xyxy box grown by ``margin`` of its size on every side, clipped to the image."""
+    out = np.asarray(boxes, dtype=np.float64).reshape(-1, 4).copy()
+    dx = (out[:, 2] - out[:, 0]) * margin
+    dy = (out[:, 3] - out[:, 1]) * margin
+    out[:, 0], out[:, 2] = (out[:, 0] - dx).clip(0, width), (out[:, 2] + dx).clip(0, width)
+    out[:, 1], out[:, 3] = (out[:, 1] - dy).clip(0, height), (out[:, 3] + dy).clip(0, height)
+    return out
+
+
 def draw_detections(
     image: np.ndarray,
     boxes: np.ndarray,

@@ -15,6 +15,8 @@ from common.storage import Storage
 # A job directory without any record is an upload whose submission failed half way
 # (e.g. the API process died); it is removed once it is this old.
 ORPHAN_AGE_SECONDS = 3600
+# Upload scratch files (storage tmp/) of an API process killed mid-request.
+SCRATCH_AGE_SECONDS = 86400
 
 
 def purge_expired(store: JobStore, storage: Storage, now: float | None = None) -> int:
@@ -31,7 +33,19 @@ def purge_expired(store: JobStore, storage: Storage, now: float | None = None) -
             continue
         if age > ORPHAN_AGE_SECONDS and store.state(job_id) is None:
             storage.remove_job(job_id)
+    _purge_scratch(storage, now)
     return len(expired)
+
+
+def _purge_scratch(storage: Storage, now: float) -> None:
+    if not storage.tmp_dir.is_dir():
+        return
+    for path in storage.tmp_dir.iterdir():
+        try:
+            if path.is_file() and now - path.stat().st_mtime > SCRATCH_AGE_SECONDS:
+                path.unlink()
+        except FileNotFoundError:  # finished meanwhile
+            continue
 
 
 if __name__ == "__main__":

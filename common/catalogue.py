@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from common.contract import MODEL_TASKS, STAGES, STEPS, Option, StepDef
+from common.contract import MODEL_TASKS, STAGES, STEPS, VIDEO_STEP, Option, StepDef
 from common.settings import Settings
 
 FORMATS = {".pt": "pt", ".onnx": "onnx", ".engine": "engine"}
@@ -93,6 +93,7 @@ class PipelineConfig:
                     "minimum": o.minimum,
                     "maximum": o.maximum,
                     "enum": list(o.enum) if o.enum else None,
+                    "media": o.media,
                 }
                 for o in self.options
             ],
@@ -180,6 +181,10 @@ def load_pipelines(
             raise CatalogueError(
                 f"{where}: unknown steps {unknown}; registered: {', '.join(STEPS)}"
             )
+        if VIDEO_STEP.name in (entry.get("steps") or []):
+            raise CatalogueError(
+                f"{where}: {VIDEO_STEP.name} is implied for videos; list only preprocess.image"
+            )
         steps = tuple(STEPS[s] for s in entry.get("steps") or [])
         if tuple(s.stage for s in steps) != STAGES:
             raise CatalogueError(f"{where}: steps must be one preprocess, inference, postprocess")
@@ -206,7 +211,7 @@ def _options(
 ) -> tuple[Option, ...]:
     """The steps' options, defaults from the model, then from the pipeline entry."""
     merged: dict[str, Option] = {}
-    for step in steps:
+    for step in (*steps, VIDEO_STEP):
         for option in step.options:
             merged[option.name] = option
     overrides = {"model": model.name, "image_size": model.input_size, **model.defaults}

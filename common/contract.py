@@ -33,6 +33,13 @@ TASK_POSTPROCESS_BLUR = "cv.postprocess.blur_faces"
 TASK_POSTPROCESS_SEGMENT = "cv.postprocess.segment"
 TASK_POSTPROCESS_CROPS = "cv.postprocess.crops"
 TASK_POSTPROCESS_REDACT = "cv.postprocess.redact"
+# Videos: the preprocess task plans the frames and fans out one chain per chunk of frames
+# (chunk preprocess -> chunk inference -> chunk postprocess); the last chunk sends finish.
+TASK_PREPROCESS_VIDEO = "cv.preprocess.video"
+TASK_PREPROCESS_VIDEO_CHUNK = "cv.preprocess.video_chunk"
+TASK_INFER_VIDEO_CHUNK = "cv.inference.video_chunk"
+TASK_POSTPROCESS_VIDEO_CHUNK = "cv.postprocess.video_chunk"
+TASK_POSTPROCESS_VIDEO_FINISH = "cv.postprocess.video_finish"
 TASK_NOTIFY = "cv.notify.job"
 TASK_JANITOR = "cv.postprocess.janitor"
 
@@ -54,6 +61,9 @@ MODEL_TASKS: tuple[ModelTask, ...] = ("detect", "segment", "faces")
 STAGES = ("preprocess", "inference", "postprocess")
 
 OptionType = Literal["number", "integer", "boolean", "string", "class-list"]
+# Which uploads an option applies to; a video-only option sent with an image is refused.
+Media = Literal["any", "video"]
+MediaKind = Literal["image", "video"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +77,7 @@ class Option:
     minimum: float | None = None
     maximum: float | None = None
     enum: tuple[str, ...] | None = None
+    media: Media = "any"
 
 
 @dataclass(frozen=True)
@@ -115,6 +126,34 @@ STEPS: dict[str, StepDef] = {
     step.name: step
     for step in (
         StepDef("preprocess.image", TASK_PREPROCESS_IMAGE, QUEUE_PREPROCESS),
+        # Implied for every pipeline when the upload is a video (never listed in a pipeline).
+        StepDef(
+            "preprocess.video",
+            TASK_PREPROCESS_VIDEO,
+            QUEUE_PREPROCESS,
+            (
+                Option(
+                    "fps",
+                    "number",
+                    None,
+                    "Videos: frames per second to analyse (default every frame; never above "
+                    "the source's rate).",
+                    0.1,
+                    240,
+                    media="video",
+                ),
+                Option(
+                    "max_side",
+                    "integer",
+                    None,
+                    "Videos: downscale frames so the longer side is at most this (default: "
+                    "keep the size).",
+                    32,
+                    8192,
+                    media="video",
+                ),
+            ),
+        ),
         StepDef("inference.detect", TASK_INFER_DETECT, QUEUE_INFERENCE, _YOLO_OPTIONS, "detect"),
         StepDef("inference.segment", TASK_INFER_SEGMENT, QUEUE_INFERENCE, _YOLO_OPTIONS, "segment"),
         StepDef(
@@ -164,6 +203,17 @@ STEPS: dict[str, StepDef] = {
 # Every option any step reads: the multipart fields POST /v1/jobs accepts besides
 # file, pipeline and callback_url (the spec lists exactly these; a test checks).
 ALL_OPTIONS: dict[str, Option] = {o.name: o for step in STEPS.values() for o in step.options}
+VIDEO_STEP = STEPS["preprocess.video"]
+
+# The stem of the main artifact each postprocess step writes (``<stem>.jpg`` for an image,
+# ``<stem>.mp4`` for a video).
+RENDER_STEMS = {
+    "postprocess.annotate": "annotated",
+    "postprocess.segment": "overlay",
+    "postprocess.blur-faces": "blurred",
+    "postprocess.crops": "annotated",
+    "postprocess.redact": "redacted",
+}
 
 
 class ImageInfo(TypedDict):
@@ -181,6 +231,16 @@ class Letterbox(TypedDict):
     height: int
 
 
+class Chunk(TypedDict):
+    """One chunk of a video: output frames ``start`` .. ``start + count - 1``."""
+
+    index: int
+    start: int
+    count: int
+    # Per output frame, the pts of the source frame it shows (from the frame plan).
+    source_pts: list[int]
+
+
 class Payload(TypedDict, total=False):
     """What travels between the steps of a chain (JSON only; files by storage key)."""
 
@@ -196,6 +256,19 @@ class Payload(TypedDict, total=False):
     masks_key: str
     model: dict[str, Any]
     timings: dict[str, float]
+    # Videos only.
+    kind: MediaKind
+    video: dict[str, Any]  # the upload's probe (common.videos.VideoInfo.as_dict)
+    render: str  # the pipeline's postprocess step, e.g. "postprocess.blur-faces"
+    plan_key: str
+    chunk: Chunk
+    chunks_total: int
+    fps: str  # output frame rate, an exact fraction "30000/1001"
+    size: list[int]  # output frame width, height
+    frames_key: str
+    detections_key: str
+    missing: list[int]  # chunk positions whose frame could not be decoded
+    damaged: list[int]  # chunk positions FFmpeg decoded with errors
 
 
 ARTIFACT_CONTENT_TYPES = {
@@ -203,6 +276,7 @@ ARTIFACT_CONTENT_TYPES = {
     ".jpeg": "image/jpeg",
     ".png": "image/png",
     ".json": "application/json",
+    ".mp4": "video/mp4",
 }
 
 

@@ -8,6 +8,10 @@ Keys (prefix ``cv`` by default; human-readable, so they browse well in RedisInsi
 - ``cv:jobs:<state>``: the same, one set per state, for filtered lists.
 - ``cv:workers``: hash, one JSON report per inference worker process (its models, and
   when the report goes stale); read on every submission, so one key, never a SCAN.
+- Videos add to the job hash ``frames_total``, ``chunks_total``, per stage
+  ``frames_done:<stage>`` and ``busy:<stage>`` (worker seconds), and ``progress_at``;
+  ``cv:job:<id>:chunks:<stage>`` is the set of chunk indices a stage has finished (a
+  redelivered chunk is counted once), ``cv:job:<id>:dispatched`` the chunks published.
 
 Records and results expire after the configured TTL. State changes go through
 ``_transition``, a WATCH/MULTI transaction that refuses to leave a terminal
@@ -24,7 +28,7 @@ from typing import Any
 
 import redis
 
-from common.contract import ACTIVE_STATES, JOB_STATES, JobState
+from common.contract import ACTIVE_STATES, JOB_STATES, STAGES, JobState
 
 
 def now_iso() -> str:
@@ -203,6 +207,8 @@ class JobStore:
         if step is None or not step.get("started_at") or step.get("finished_at"):
             return record
         started = datetime.fromisoformat(step["started_at"]).timestamp()
+        if record.get("progress_at"):  # a video: its chunks show it is alive
+            started = max(started, datetime.fromisoformat(record["progress_at"]).timestamp())
         if time.time() - started <= limit_seconds:
             return record
         detail = (
@@ -235,9 +241,98 @@ class JobStore:
 
     def delete(self, job_id: str) -> None:
         with self.redis.pipeline() as pipe:
-            pipe.delete(self.job_key(job_id), self.result_key(job_id))
+            pipe.delete(
+                self.job_key(job_id),
+                self.result_key(job_id),
+                self.dispatched_key(job_id),
+                *(self.chunks_key(job_id, stage) for stage in STAGES),
+            )
             pipe.execute()
         self._unindex([job_id])
+
+    # videos -------------------------------------------------------------------
+    def chunks_key(self, job_id: str, stage: str) -> str:
+        return f"{self.job_key(job_id)}:chunks:{stage}"
+
+    def dispatched_key(self, job_id: str) -> str:
+        return f"{self.job_key(job_id)}:dispatched"
+
+    def video_planned(self, job_id: str, frames_total: int, chunks_total: int) -> bool:
+        """Record a video's size in frames and chunks (progress reads them)."""
+        fields = json.dumps({"frames_total": frames_total, "chunks_total": chunks_total})
+        return int(self.redis.eval(_HSET_MANY_IF_EXISTS, 1, self.job_key(job_id), fields)) >= 0
+
+    def stage_started(self, job_id: str, stage: str) -> bool:
+        """Mark ``stage`` running (once: later chunks keep its start). False unless active.
+
+        ``step`` names the furthest stage started: a video's stages overlap.
+        """
+
+        def update(record: dict[str, Any]) -> dict[str, str]:
+            steps = record["steps"]
+            names = [s["name"] for s in steps]
+            entry = steps[names.index(stage)]
+            fields: dict[str, str] = {}
+            if not entry.get("started_at"):
+                entry["started_at"] = now_iso()
+                fields["steps"] = json.dumps(steps)
+            current = record.get("step")
+            if not current or names.index(stage) > names.index(current):
+                fields["step"] = stage
+            return fields
+
+        return self._transition(job_id, ACTIVE_STATES, "running", update)
+
+    def stage_finished(self, job_id: str, stage: str) -> bool:
+        """Mark a video's ``stage`` finished (all its chunks are done)."""
+
+        def update(record: dict[str, Any]) -> dict[str, str]:
+            steps = record["steps"]
+            entry = next(s for s in steps if s["name"] == stage)
+            if entry.get("finished_at"):
+                return {}
+            entry["finished_at"] = now_iso()
+            return {"steps": json.dumps(steps)}
+
+        return self._transition(job_id, ("running",), "running", update)
+
+    def chunk_done(self, job_id: str, stage: str, index: int, frames: int, seconds: float) -> int:
+        """Count chunk ``index`` done in ``stage`` (once, however often it ran).
+
+        Returns how many chunks the stage has done, or -1 when the job is gone.
+        """
+        return int(
+            self.redis.eval(
+                _CHUNK_DONE,
+                2,
+                self.job_key(job_id),
+                self.chunks_key(job_id, stage),
+                index,
+                frames,
+                stage,
+                f"{seconds:.4f}",
+                now_iso(),
+                self.ttl,
+            )
+        )
+
+    def chunk_is_done(self, job_id: str, stage: str, index: int) -> bool:
+        return bool(self.redis.sismember(self.chunks_key(job_id, stage), index))
+
+    def was_dispatched(self, job_id: str, index: int) -> bool:
+        return bool(self.redis.sismember(self.dispatched_key(job_id), index))
+
+    def mark_dispatched(self, job_id: str, index: int) -> None:
+        """Note chunk ``index`` (-1: the finishing step) as published, after publishing it.
+
+        Marking after publishing means a worker killed in between publishes it twice,
+        never zero times; the chunk steps are idempotent, so twice is harmless.
+        """
+        key = self.dispatched_key(job_id)
+        with self.redis.pipeline() as pipe:
+            pipe.sadd(key, index)
+            pipe.expire(key, self.ttl)
+            pipe.execute()
 
     def _transition(
         self,
@@ -341,6 +436,25 @@ if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('HINCRBY', KEYS[1],
 return 0
 """
 
+# Several fields of a job hash at once (a JSON object), never recreating a deleted record.
+_HSET_MANY_IF_EXISTS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local fields = cjson.decode(ARGV[1])
+for name, value in pairs(fields) do redis.call('HSET', KEYS[1], name, tostring(value)) end
+return 1
+"""
+# A chunk finished a stage: counted once per chunk index, with its frames and seconds.
+_CHUNK_DONE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if redis.call('SADD', KEYS[2], ARGV[1]) == 1 then
+  redis.call('EXPIRE', KEYS[2], ARGV[6])
+  redis.call('HINCRBY', KEYS[1], 'frames_done:' .. ARGV[3], ARGV[2])
+  redis.call('HINCRBYFLOAT', KEYS[1], 'busy:' .. ARGV[3], ARGV[4])
+end
+redis.call('HSET', KEYS[1], 'progress_at', ARGV[5])
+return redis.call('SCARD', KEYS[2])
+"""
+
 _JSON_FIELDS = ("options", "input", "steps", "task_ids", "artifacts", "error")
 
 
@@ -349,7 +463,7 @@ def _decode(raw: dict[str, Any]) -> dict[str, Any]:
     for name in _JSON_FIELDS:
         value = record.get(name)
         record[name] = json.loads(value) if value else None
-    for name in ("step", "finished_at", "callback_url", "notification"):
+    for name in ("step", "finished_at", "callback_url", "notification", "progress_at"):
         record[name] = record.get(name) or None
     record.pop("submitted_ts", None)
     return record

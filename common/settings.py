@@ -37,6 +37,14 @@ class Settings:
     # A batch request (all files, or the zip, together) and its number of images.
     max_batch_bytes: int = 512 * 1024 * 1024
     max_batch_files: int = 1000
+    # Videos: largest upload, longest duration, frames per chunk (one inference task each),
+    # the most bytes of decoded frames one chunk may hold (fewer frames for large sizes),
+    # and how many chunks of one video are in flight at once (bounds the disk they use).
+    max_video_bytes: int = 2 * 1024 * 1024 * 1024
+    max_video_seconds: float = 4 * 3600
+    video_chunk_frames: int = 64
+    video_chunk_bytes: int = 256 * 1024 * 1024
+    video_window_chunks: int = 4
     job_ttl_seconds: int = 7 * 24 * 3600
     step_time_limit_seconds: int = 300
     # Key prefix in Redis; lets several deployments (or the test suite) share one Redis.

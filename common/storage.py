@@ -3,6 +3,10 @@
 Every file lives under ``<storage_dir>/jobs/<job_id>/``; a storage key is the
 path relative to ``storage_dir``. Keys, not bytes, travel in task messages, so
 all hosts running workers must mount the same storage directory.
+
+``<storage_dir>/tmp/`` holds uploads while a request receives them (api/uploads.py):
+on the same filesystem as the jobs, so a received upload is linked into place,
+not copied.
 """
 
 from __future__ import annotations
@@ -11,7 +15,9 @@ import io
 import os
 import re
 import shutil
+import stat
 import tempfile
+import uuid
 from pathlib import Path
 from typing import IO
 
@@ -28,6 +34,11 @@ class Storage:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+
+    @property
+    def tmp_dir(self) -> Path:
+        """Scratch space for uploads being received (not made here: its users create it)."""
+        return self.root / "tmp"
 
     def job_dir(self, job_id: str) -> Path:
         if not _JOB_ID.match(job_id):
@@ -49,9 +60,28 @@ class Storage:
         return path
 
     def write_stream(self, key: str, stream: IO[bytes], chunk_size: int = 1 << 20) -> int:
-        """Copy ``stream`` to ``key`` atomically (temp file + rename); returns bytes written."""
+        """Copy the rest of ``stream`` to ``key`` atomically (temp file + rename).
+
+        Returns the bytes written and leaves ``stream`` at its end. A stream that is
+        a whole file under ``tmp_dir`` (an upload, read from its start) is hard-linked
+        into place instead: a 2 GB video costs no copy. Copies where linking fails.
+        """
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
+        source = self._own_temp_file(stream)
+        if source is not None:
+            link = target.parent / f".upload-{uuid.uuid4().hex}"
+            try:
+                os.link(source, link)
+            except OSError:
+                pass  # another filesystem, or one without hard links: copy below
+            else:
+                try:
+                    os.replace(link, target)
+                except BaseException:
+                    link.unlink(missing_ok=True)
+                    raise
+                return stream.seek(0, os.SEEK_END)
         written = 0
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".upload-")
         try:
@@ -64,6 +94,27 @@ class Storage:
             Path(tmp).unlink(missing_ok=True)
             raise
         return written
+
+    def _own_temp_file(self, stream: IO[bytes]) -> str | None:
+        """The path of ``stream`` when it is a regular file under ``tmp_dir`` read from its start.
+
+        Only files of ``tmp_dir`` are linked: a link to any other file would make the
+        stored copy change whenever that file is written to.
+        """
+        name = getattr(stream, "name", None)  # None for in-memory spools: no rollover forced
+        if not isinstance(name, str):
+            return None
+        try:
+            if not Path(name).resolve().is_relative_to(self.tmp_dir.resolve()):
+                return None
+            if stream.tell() != 0:
+                return None
+            stream.flush()
+            opened, named = os.fstat(stream.fileno()), os.stat(name)
+        except (OSError, ValueError):
+            return None
+        same_file = (opened.st_dev, opened.st_ino) == (named.st_dev, named.st_ino)
+        return name if same_file and stat.S_ISREG(opened.st_mode) else None
 
     def write_bytes(self, key: str, data: bytes) -> None:
         """Write ``data`` to ``key`` atomically, so a reader never sees half a file."""

@@ -19,7 +19,9 @@ from celery_worker.imaging import (
     draw_detections,
     encode,
     hide_regions,
+    safe_name,
     unletterbox,
+    widen,
 )
 from celery_worker.janitor import purge_expired
 from celery_worker.steps import job_step
@@ -119,7 +121,7 @@ def postprocess_crops(ctx: WorkerContext, payload: Payload) -> Payload:
         x2, y2 = int(np.ceil(box[2])), int(np.ceil(box[3]))
         if x2 - x1 < 1 or y2 - y1 < 1:
             continue
-        stem = f"crop-{index + 1:04d}-{_safe(detection['class_name'])}"
+        stem = f"crop-{index + 1:04d}-{safe_name(detection['class_name'])}"
         artifact = _write_artifact(
             ctx, payload, stem, image[y1:y2, x1:x2], options["output_format"]
         )
@@ -138,12 +140,6 @@ def postprocess_redact(ctx: WorkerContext, payload: Payload) -> Payload:
     boxes, detections = _yolo_detections(payload)
     artifact = _hide(ctx, payload, boxes, "redacted")
     return _finish(ctx, payload, detections, [artifact], started)
-
-
-def _safe(name: str) -> str:
-    """A class name as a file-name fragment."""
-    cleaned = "".join(c if c.isalnum() else "-" for c in name.encode("ascii", "ignore").decode())
-    return cleaned.strip("-")[:40] or "object"
 
 
 @job_step(TASK_POSTPROCESS_BLUR, "postprocess", final=True)
@@ -184,16 +180,6 @@ def _hide(ctx: WorkerContext, payload: Payload, boxes: np.ndarray, stem: str) ->
         int(options["blur_strength"]),
     )
     return _write_artifact(ctx, payload, stem, hidden, options["output_format"])
-
-
-def widen(boxes: np.ndarray, margin: float, width: int, height: int) -> np.ndarray:
-    """Each xyxy box grown by ``margin`` of its size on every side, clipped to the image."""
-    out = boxes.copy()
-    dx = (out[:, 2] - out[:, 0]) * margin
-    dy = (out[:, 3] - out[:, 1]) * margin
-    out[:, 0], out[:, 2] = (out[:, 0] - dx).clip(0, width), (out[:, 2] + dx).clip(0, width)
-    out[:, 1], out[:, 3] = (out[:, 1] - dy).clip(0, height), (out[:, 3] + dy).clip(0, height)
-    return out
 
 
 def _write_artifact(

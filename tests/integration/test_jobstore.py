@@ -118,6 +118,32 @@ def test_janitor_removes_expired_jobs_and_their_files(store: JobStore, tmp_path:
     assert storage.job_dir(fresh).exists() and store.get(fresh) is not None
 
 
+def test_janitor_removes_upload_scratch_files_a_day_old(store: JobStore, tmp_path: Path) -> None:
+    import os
+
+    storage = Storage(tmp_path)
+    storage.tmp_dir.mkdir()
+    stale, current = storage.tmp_dir / "stale", storage.tmp_dir / "current"
+    stale.write_bytes(b"x")
+    current.write_bytes(b"y")
+    os.utime(stale, (time.time() - 2 * 86400,) * 2)
+    purge_expired(store, storage)
+    assert not stale.exists() and current.exists()
+
+
+def test_a_chunk_of_a_video_whose_worker_keeps_dying_fails_the_job(store: JobStore) -> None:
+    from celery_worker.steps import MAX_REDELIVERIES, gave_up_after_redelivery
+
+    job_id = new_job(store)
+    for _ in range(MAX_REDELIVERIES):
+        assert not gave_up_after_redelivery(store, job_id, "inference:chunk-3")
+    assert not gave_up_after_redelivery(store, job_id, "inference:chunk-4")
+    assert gave_up_after_redelivery(store, job_id, "inference:chunk-3")
+    record = store.get(job_id)
+    assert record is not None and record["error"]["step"] == "inference"
+    assert "inference of chunk 3 died" in record["error"]["detail"]
+
+
 def test_delete_removes_everything(store: JobStore) -> None:
     job_id = new_job(store)
     store.delete(job_id)
@@ -142,3 +168,60 @@ def test_a_step_whose_worker_keeps_dying_fails_the_job(store: JobStore) -> None:
     assert record is not None and record["state"] == "failed"
     assert record["error"]["kind"] == "worker-lost"
     assert f"died {MAX_REDELIVERIES + 1} times" in record["error"]["detail"]
+
+
+def test_a_chunk_is_counted_once_however_often_it_runs(store: JobStore) -> None:
+    job_id = new_job(store)
+    assert store.video_planned(job_id, frames_total=20, chunks_total=3)
+    assert store.stage_started(job_id, "inference")
+    assert [store.chunk_done(job_id, "inference", i, 8, 0.5) for i in (0, 1, 1, 0)] == [1, 2, 2, 2]
+    assert store.chunk_done(job_id, "inference", 2, 4, 0.25) == 3
+    record = store.get(job_id)
+    assert record is not None
+    assert record["frames_total"] == "20" and record["chunks_total"] == "3"
+    assert record["frames_done:inference"] == "20"
+    assert float(record["busy:inference"]) == pytest.approx(1.25)
+    assert record["progress_at"] and record["step"] == "inference"
+    assert store.chunk_is_done(job_id, "inference", 2)
+    assert not store.chunk_is_done(job_id, "postprocess", 0)
+
+
+def test_stages_of_a_video_keep_their_first_start_and_the_furthest_step(store: JobStore) -> None:
+    job_id = new_job(store)
+    store.stage_started(job_id, "preprocess")
+    store.stage_started(job_id, "inference")
+    first = store.get(job_id)["steps"][0]["started_at"]  # type: ignore[index]
+    time.sleep(0.01)
+    store.stage_started(job_id, "preprocess")  # a later chunk
+    record = store.get(job_id)
+    assert record is not None
+    assert record["steps"][0]["started_at"] == first
+    assert record["step"] == "inference"
+    assert store.stage_finished(job_id, "preprocess")
+    assert store.get(job_id)["steps"][0]["finished_at"]  # type: ignore[index]
+
+
+def test_chunk_writes_never_recreate_a_deleted_job(store: JobStore) -> None:
+    job_id = new_job(store)
+    store.mark_dispatched(job_id, 0)
+    store.chunk_done(job_id, "preprocess", 0, 8, 0.1)
+    store.delete(job_id)
+    assert store.chunk_done(job_id, "preprocess", 1, 8, 0.1) == -1
+    assert not store.video_planned(job_id, 10, 2)
+    assert store.redis.exists(store.job_key(job_id)) == 0
+    assert not store.was_dispatched(job_id, 0)
+    assert store.redis.exists(store.chunks_key(job_id, "preprocess")) == 0
+
+
+def test_a_stalled_video_is_failed_but_one_making_progress_is_not(store: JobStore) -> None:
+    job_id = new_job(store)
+    store.stage_started(job_id, "inference")
+    record = store.get(job_id)
+    assert record is not None
+    old = "2000-01-01T00:00:00+00:00"
+    record["steps"][1]["started_at"] = old
+    store.chunk_done(job_id, "inference", 0, 8, 0.1)  # progress just now
+    record["progress_at"] = store.get(job_id)["progress_at"]  # type: ignore[index]
+    assert store.fail_if_stuck(record, 60)["state"] == "running"
+    record["progress_at"] = old
+    assert store.fail_if_stuck(record, 60)["state"] == "failed"

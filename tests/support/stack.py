@@ -75,6 +75,11 @@ def stack_environment(tmp: Path, weights: Path, segment_weights: Path) -> dict[s
         "CV_MAX_UPLOAD_BYTES": str(2 * 1024 * 1024),
         "CV_MAX_IMAGE_PIXELS": str(12_000_000),
         "CV_STEP_TIME_LIMIT_SECONDS": "120",
+        # Small chunks and a small window, so short test videos cross chunk boundaries
+        # and the window (a chunk done publishes the next) is exercised.
+        "CV_MAX_VIDEO_BYTES": str(64 * 1024 * 1024),
+        "CV_VIDEO_CHUNK_FRAMES": "8",
+        "CV_VIDEO_WINDOW_CHUNKS": "2",
         "CV_WORKER_HEARTBEAT_SECONDS": "5",
         "CV_CALLBACK_ALLOW_LOOPBACK": "1",
         "YOLO_CONFIG_DIR": str(tmp / "ultralytics"),

@@ -74,7 +74,9 @@ def test_form_encoded_body_is_415(offline_client: Any) -> None:
 
 def test_not_an_image_is_415(offline_client: Any, offline_settings: Settings) -> None:
     assert_problem(
-        post(offline_client, b"just text", {"pipeline": "detect"}, "a.txt"), 415, "not an image"
+        post(offline_client, b"just text", {"pipeline": "detect"}, "a.txt"),
+        415,
+        "neither an image nor a video",
     )
     assert stored_files(offline_settings) == []
 
@@ -108,7 +110,7 @@ def test_upload_just_over_the_limit_inside_the_envelope_slack_is_413(
     # Over the file limit but under limit + multipart slack: the handler measures the file.
     client = create_app(replace(offline_settings, max_upload_bytes=20_000)).test_client()
     response = post(client, jpeg() + b"\0" * 25_000, {"pipeline": "blur-faces"})
-    assert_problem(response, 413, "the limit is 20000")
+    assert_problem(response, 413, "limited to 20000 bytes (CV_MAX_UPLOAD_BYTES)")
     assert stored_files(offline_settings) == []
 
 

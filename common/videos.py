@@ -1,0 +1,277 @@
+"""Checks a file is a video we can process: its header and first frame only (API and workers).
+
+The analogue of ``common.images``: the API calls ``probe_video`` on an upload before
+storing it, so a file the workers could not decode, or one too large per frame or too
+long, is refused with a clear reason while the client is still connected. Only the
+header is parsed and one frame decoded, so a 2 GB file is checked in milliseconds.
+
+This module is imported by the light API process: stdlib and PyAV only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import IO, Any
+
+import av
+import av.error
+from av.container import InputContainer
+from av.video.frame import VideoFrame
+from av.video.stream import VideoStream
+
+__all__ = [
+    "CONTAINERS",
+    "NotAVideo",
+    "VideoInfo",
+    "VideoRejected",
+    "VideoUnprocessable",
+    "probe_video",
+]
+
+
+class VideoRejected(ValueError):
+    """The file cannot be processed as a video; ``str()`` says why, for the client."""
+
+
+class NotAVideo(VideoRejected):
+    """Not a video, or not one the workers can decode (HTTP 415)."""
+
+
+class VideoUnprocessable(VideoRejected):
+    """A video, but too large per frame, too long, or without frames (HTTP 422)."""
+
+
+# Our short name -> (content type, extension of the stored copy).
+CONTAINERS: dict[str, tuple[str, str]] = {
+    "mp4": ("video/mp4", ".mp4"),
+    "mov": ("video/quicktime", ".mov"),
+    "mkv": ("video/x-matroska", ".mkv"),
+    "webm": ("video/webm", ".webm"),
+    "avi": ("video/x-msvideo", ".avi"),
+}
+ACCEPTED = "MP4, MOV, MKV, WebM or AVI"
+
+# A stream that yields no picture within this many packets is not one we can decode;
+# the bound keeps a garbage stream from being read to its end.
+PROBE_PACKETS = 300
+# How far into the file the EBML header (and its DocType) lies.
+HEADER_BYTES = 64
+
+# ISO-BMFF brands of still images, which FFmpeg's mov demuxer also opens.
+STILL_IMAGE_BRANDS = {"heic", "heix", "heim", "heis", "mif1", "msf1", "avif", "avis"}
+
+Source = str | Path | IO[bytes]
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    container: str  # a key of CONTAINERS
+    content_type: str
+    extension: str
+    codec: str  # FFmpeg's decoder name: "h264", "vp9", "mpeg4", ...
+    width: int  # as displayed, i.e. after rotation
+    height: int
+    rotation: int  # degrees clockwise the decoded frames must turn to stand upright
+    fps: float  # average frame rate
+    frame_rate: str  # the same, exact: "30000/1001"
+    duration: float  # seconds
+    frames: int  # declared frame count, else round(duration * fps)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-safe fields, as stored with the job and passed to the workers."""
+        return asdict(self)
+
+
+def probe_video(source: Source, max_pixels: int, max_seconds: float) -> VideoInfo:
+    """The video's container, codec, size, rate and length; raises ``VideoRejected``.
+
+    ``source`` is a path or a seekable binary file object (left at its start). One
+    frame is decoded to prove the stream decodes. A missing path raises
+    ``FileNotFoundError`` (a storage fault, not the client's).
+    """
+    if not isinstance(source, str | Path):
+        source.seek(0)
+    try:
+        head = _read_head(source)
+        target = str(source) if isinstance(source, Path) else source
+        with av.open(target, "r", metadata_errors="replace") as container:
+            return _inspect(container, head, max_pixels, max_seconds)
+    except av.error.FileNotFoundError:
+        raise
+    except av.error.FFmpegError as exc:
+        raise NotAVideo(
+            f"the file is not a video the service can read ({_reason(exc)}); send {ACCEPTED}"
+        ) from exc
+    finally:
+        if not isinstance(source, str | Path):
+            source.seek(0)
+
+
+def _read_head(source: Source) -> bytes:
+    if isinstance(source, str | Path):
+        with open(source, "rb") as stream:
+            return stream.read(HEADER_BYTES)
+    head = source.read(HEADER_BYTES)
+    source.seek(0)
+    return bytes(head)
+
+
+def _reason(exc: BaseException) -> str:
+    """FFmpeg's message without the file name it quotes (a temporary path)."""
+    if isinstance(exc, av.error.FFmpegError) and exc.strerror:
+        return str(exc.strerror)
+    return str(exc) or type(exc).__name__
+
+
+def _inspect(
+    container: InputContainer, head: bytes, max_pixels: int, max_seconds: float
+) -> VideoInfo:
+    name = _container_name(container, head)
+    if not container.streams.video:
+        raise NotAVideo(f"the {name} file holds no video stream; send {ACCEPTED}")
+    stream = container.streams.video[0]
+    codec = stream.codec_context
+    if codec is None or not codec.name:
+        raise NotAVideo(f"the {name} file's video codec cannot be decoded; send {ACCEPTED}")
+    coded = (codec.width or 0) * (codec.height or 0)
+    if coded > max_pixels:  # before decoding: a declared 30000x30000 frame is never allocated
+        raise VideoUnprocessable(
+            f"video frames are {codec.width}x{codec.height} = {coded} pixels; "
+            f"the limit is {max_pixels}"
+        )
+    frame = _first_frame(container, stream)
+    width, height = frame.width, frame.height
+    if width * height > max_pixels:
+        raise VideoUnprocessable(
+            f"video frames are {width}x{height} = {width * height} pixels; "
+            f"the limit is {max_pixels}"
+        )
+    rotation = clockwise_rotation(frame.rotation)
+    if rotation in (90, 270):
+        width, height = height, width
+    rate = _average_rate(stream)
+    duration = _duration(container, stream)
+    if duration is None:
+        duration = _measured_duration(container, stream, frame.pts, rate, max_seconds)
+    if duration > max_seconds:
+        raise VideoUnprocessable(f"the video lasts {duration:.1f} s; the limit is {max_seconds} s")
+    frames = int(stream.frames or 0) or round(duration * rate)
+    if frames <= 0:
+        raise VideoUnprocessable("the video holds no frames")
+    content_type, extension = CONTAINERS[name]
+    return VideoInfo(
+        container=name,
+        content_type=content_type,
+        extension=extension,
+        codec=codec.name,
+        width=width,
+        height=height,
+        rotation=rotation,
+        fps=float(rate),
+        frame_rate=f"{rate.numerator}/{rate.denominator}",
+        duration=duration,
+        frames=frames,
+    )
+
+
+def _container_name(container: InputContainer, head: bytes) -> str:
+    formats = set(container.format.name.split(","))
+    if "mp4" in formats:  # FFmpeg's "mov,mp4,m4a,3gp,3g2,mj2": the ftyp brand tells them apart
+        brand = container.metadata.get("major_brand", "").strip()
+        if brand in STILL_IMAGE_BRANDS:
+            raise NotAVideo(f"HEIF/AVIF images ({brand}) are not accepted; send {ACCEPTED}")
+        return "mov" if brand == "qt" else "mp4"
+    if "matroska" in formats:  # one demuxer for both: the EBML DocType tells them apart
+        return "webm" if _ebml_doctype(head) == "webm" else "mkv"
+    if "avi" in formats:
+        return "avi"
+    raise NotAVideo(
+        f"{container.format.long_name or container.format.name} is not accepted; send {ACCEPTED}"
+    )
+
+
+def _ebml_doctype(head: bytes) -> str | None:
+    """The DocType string of an EBML header ("matroska" or "webm"), if it is in ``head``."""
+    at = head.find(b"\x42\x82")
+    if at < 0 or at + 2 >= len(head):
+        return None
+    first = head[at + 2]
+    length = 1
+    while length <= 8 and not first & (0x80 >> (length - 1)):
+        length += 1
+    if length > 8:
+        return None
+    size = first & (0xFF >> length)
+    for byte in head[at + 3 : at + 2 + length]:
+        size = size << 8 | byte
+    start = at + 2 + length
+    return head[start : start + size].rstrip(b"\0").decode("ascii", "replace")
+
+
+def _first_frame(container: InputContainer, stream: VideoStream) -> VideoFrame:
+    """Decode until one picture comes out, within ``PROBE_PACKETS`` packets."""
+    stream.thread_type = "SLICE"  # frame threading would hold the first picture back
+    errors: list[str] = []
+    for count, packet in enumerate(container.demux(stream), start=1):
+        try:
+            for frame in packet.decode():
+                if isinstance(frame, VideoFrame):
+                    return frame
+        except av.error.FFmpegError as exc:
+            errors.append(_reason(exc))
+        if count >= PROBE_PACKETS:
+            break
+    detail = f": {errors[-1]}" if errors else ""
+    raise NotAVideo(f"the video stream holds no decodable frame{detail}; send {ACCEPTED}")
+
+
+def clockwise_rotation(counter_clockwise: float) -> int:
+    """FFmpeg's display-matrix angle (counter-clockwise, -180..180) as 0/90/180/270 clockwise."""
+    return (-round(counter_clockwise / 90) * 90) % 360
+
+
+def _average_rate(stream: VideoStream) -> Fraction:
+    for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
+        if rate and rate > 0:
+            return Fraction(rate.numerator, rate.denominator)
+    raise VideoUnprocessable("the video declares no frame rate")
+
+
+def _measured_duration(
+    container: InputContainer,
+    stream: VideoStream,
+    start: int | None,
+    rate: Fraction,
+    max_seconds: float,
+) -> float:
+    """The length of a video that does not declare it (a live recording, e.g. a browser's
+    MediaRecorder WebM): its packets are read (not decoded) to the end, or only until
+    they pass ``max_seconds``. ``start`` is the first frame's pts (its packet is read).
+    """
+    time_base = Fraction(stream.time_base or Fraction(1, 1000))
+    first, last = start, start
+    try:
+        for packet in container.demux(stream):
+            if packet.pts is None:
+                continue
+            first = packet.pts if first is None else min(first, packet.pts)
+            last = packet.pts if last is None else max(last, packet.pts)
+            if (last - first) * time_base > max_seconds:
+                raise VideoUnprocessable(
+                    f"the video lasts more than {max_seconds} s; the limit is {max_seconds} s"
+                )
+    except av.error.FFmpegError:
+        pass  # damaged further on: the workers name what they lose; judge what was read
+    if first is None or last is None:
+        raise VideoUnprocessable("the video declares no duration and none could be measured")
+    return float((last - first) * time_base + 1 / rate)  # the last frame lasts one frame
+
+
+def _duration(container: InputContainer, stream: VideoStream) -> float | None:
+    if stream.duration and stream.duration > 0 and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    if container.duration and container.duration > 0:
+        return container.duration / av.time_base
+    return None
