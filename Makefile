@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help install services start demo stop status reload models export-onnx test lint bench clean
+.PHONY: help install services start demo stop status reload models export-onnx test lint bench bench-video clean
 
 help:
 	@echo "make demo     install, start RabbitMQ, Redis, the API and 3 workers, run the sample job"
@@ -17,6 +17,7 @@ help:
 	@echo "make export-onnx WEIGHTS=models/yolov8n.pt TASK=detect   export and register ONNX"
 	@echo "make lint     ruff (lint + format check) and mypy"
 	@echo "make bench    latency benchmark against the running stack"
+	@echo "make bench-video   video fps through the running stack vs a plain loop (30 s of 720p)"
 	@echo "make clean    remove var/ (jobs, logs, Redis data) and demo-output/"
 
 install:
@@ -58,6 +59,9 @@ lint: install
 
 bench: install
 	$(PY) benchmarks/run.py
+
+bench-video: install
+	$(PY) benchmarks/video.py
 
 clean:
 	rm -rf var demo-output

@@ -3,9 +3,12 @@
     .venv/bin/python scripts/demo.py [--api URL] [--out DIR] [PHOTO ...]
 
 Without photos it uses the two that ship inside the ultralytics wheel (zidane.jpg,
-bus.jpg). Every photo goes to `blur-faces`, and to `detect` when the workers have
-YOLO weights. Progress is printed as each job moves through its steps; results and
-artifacts land in `<out>/<job id>-<pipeline>-<photo>/`. Stdlib only.
+bus.jpg), plus a sample video it makes (a real face from zidane.jpg sliding across
+the frame, 6 s at 15 fps; `--no-video` skips it). Every file goes to `blur-faces`,
+and to `detect` when the workers have YOLO weights. Progress is printed as each job
+moves through its steps (for the video: frames done, percent, ETA); results and
+artifacts land in `<out>/<job id>-<pipeline>-<file>/`. Stdlib only, apart from making
+the sample video (PyAV, OpenCV: tests/support/videos.py).
 """
 
 from __future__ import annotations
@@ -82,9 +85,16 @@ def follow(api: str, job: dict[str, Any], label: str, timeout: float = 120) -> d
     seen = None
     while True:
         job = get_json(f"{api}/v1/jobs/{job['id']}")
-        now = (job["state"], job.get("step"))
+        progress = job.get("progress") or {}
+        now = (job["state"], job.get("step"), progress.get("frames_done"))
         if now != seen:
             step = f" ({job['step']})" if job.get("step") else ""
+            if progress:
+                eta = progress.get("eta_seconds")
+                step += (
+                    f" {progress['frames_done']}/{progress['frames_total']} frames"
+                    f" {progress['percent']}%" + (f", ETA {eta:.0f} s" if eta else "")
+                )
             print(f"  {label}: {job['state']}{step}  +{time.monotonic() - started:.2f} s")
             seen = now
         if job["state"] in TERMINAL:
@@ -115,13 +125,47 @@ def sample_photos() -> list[Path]:
     return [assets / "zidane.jpg", assets / "bus.jpg"]
 
 
+def sample_video(folder: Path) -> Path:
+    """A real face sliding across the frame (made here: no video ships with the repo)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tests.support.videos import face_crop, sliding_face
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "sample-face.mp4"
+    assets = sample_photos()[0].parent
+    sliding_face(path, face_crop(assets), seconds=6, fps=15, size=(640, 360))
+    return path
+
+
+def describe(result: dict[str, Any]) -> str:
+    """What a result found, e.g. '4 (3x person, 1x tie)'; for a video, its tracks."""
+    if result.get("kind") == "video":
+        video, tracks = result["video"], result["summary"]["unique_tracks"]
+        kinds = ", ".join(f"{n}x {k}" for k, n in sorted(tracks.items(), key=lambda kv: -kv[1]))
+        return (
+            f"{video['frames']} frames at {video['fps']:g} fps, {len(result['tracks'])} "
+            f"tracks ({kinds or 'none'})"
+        )
+    kinds: dict[str, int] = {}
+    for detection in result["detections"]:
+        kinds[detection["class_name"]] = kinds.get(detection["class_name"], 0) + 1
+    top = sorted(kinds.items(), key=lambda kv: -kv[1])[:5]
+    found = f"{len(result['detections'])} ({', '.join(f'{n}x {k}' for k, n in top)})"
+    if len(kinds) > len(top):
+        found = found[:-1] + ", ...)"
+    return found
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--api", default="http://127.0.0.1:8000")
     parser.add_argument("--out", default="demo-output", type=Path)
-    parser.add_argument("photos", nargs="*", type=Path)
+    parser.add_argument("--no-video", action="store_true", help="skip the sample video")
+    parser.add_argument("photos", nargs="*", type=Path, help="images or videos")
     args = parser.parse_args()
     photos = args.photos or sample_photos()
+    if not args.photos and not args.no_video:
+        photos.append(sample_video(args.out))
 
     catalogue = get_json(f"{args.api}/v1/pipelines")["pipelines"]
     print("Pipelines:")
@@ -146,20 +190,14 @@ def main() -> int:
         for photo in photos:
             label = f"{pipeline} {photo.name}"
             started = time.monotonic()
-            job = follow(args.api, submit(args.api, photo, pipeline), label)
+            job = follow(args.api, submit(args.api, photo, pipeline), label, timeout=600)
             if job["state"] != "succeeded":
                 failures += 1
                 print(f"  {label}: {job['state']}: {job.get('error')}")
                 continue
             folder = args.out / f"{job['id']}-{pipeline}-{photo.stem}"
             result = save(args.api, job, folder)
-            kinds: dict[str, int] = {}
-            for detection in result["detections"]:
-                kinds[detection["class_name"]] = kinds.get(detection["class_name"], 0) + 1
-            top = sorted(kinds.items(), key=lambda kv: -kv[1])[:5]
-            found = f"{len(result['detections'])} ({', '.join(f'{n}x {k}' for k, n in top)})"
-            if len(kinds) > len(top):
-                found = found[:-1] + ", ...)"
+            found = describe(result)
             print(f"  {label}: found {found} in {time.monotonic() - started:.2f} s -> {folder}/")
 
     out = args.out.resolve()

@@ -151,3 +151,27 @@ def test_broker_and_redis_down_give_503_and_keep_nothing(
         assert "Redis" in problem(post(base, photo, {"pipeline": "blur-faces"}), 503)["detail"]
         problem(requests.get(f"{base}/v1/jobs", timeout=10), 503)
     assert not [p for p in storage.rglob("*") if p.is_file()]
+
+
+def test_a_video_job_over_http(http_api: str, tmp_path: Path) -> None:
+    """A video through the real server: progress while it runs, an MP4 that browsers play."""
+    from tests.support.videos import moving_shapes
+
+    source = tmp_path / "clip.mov"
+    moving_shapes(source, seconds=2, fps=15)
+    response = post(http_api, source.read_bytes(), {"pipeline": "blur-faces", "fps": "5"}, "c.mov")
+    assert response.status_code == 202, response.text
+    accepted = response.json()
+    assert accepted["input"]["kind"] == "video" and accepted["input"]["format"] == "mov"
+    assert accepted["input"]["video"]["frames"] == 30
+    job = poll(http_api, accepted["id"])
+    assert job["state"] == "succeeded", job["error"]
+    assert job["progress"]["frames_done"] == job["progress"]["frames_total"] == 10
+    assert job["progress"]["percent"] == 100.0
+    links = {a["name"]: a for a in job["links"]["artifacts"]}
+    video = requests.get(http_api + links["blurred.mp4"]["href"], timeout=10)
+    assert video.status_code == 200 and video.headers["content-type"] == "video/mp4"
+    assert video.content[4:8] == b"ftyp" and video.content.find(b"moov") < video.content.find(
+        b"mdat"
+    ), "faststart: the index comes first, so browsers play while downloading"
+    problem(post(http_api, source.read_bytes()[:2000], {"pipeline": "blur-faces"}, "c.mov"), 415)

@@ -113,5 +113,6 @@ def test_300_mb_upload_keeps_worker_memory_flat(
         finally:
             cancelled = requests.delete(f"{base}/v1/jobs/{job_id}", timeout=30)
         assert cancelled.status_code == 204, cancelled.text
-        job = requests.get(f"{base}/v1/jobs/{job_id}", timeout=10).json()
-        assert job["state"] == "cancelled"
+        # Cancelled while queued, or deleted when a worker of the session finished it first.
+        after = requests.get(f"{base}/v1/jobs/{job_id}", timeout=10)
+        assert after.status_code == 404 or after.json()["state"] == "cancelled", after.text
