@@ -81,6 +81,7 @@ def make_video(path: Path, seconds: float, fps: int, size: tuple[int, int]) -> N
 
 
 def service(api: str, path: Path, pipeline: str) -> dict[str, Any]:
+    workers = request("GET", f"{api}/health/ready").get("workers") or []
     started = time.perf_counter()
     job = post_video(api, path, {"pipeline": pipeline})
     posted = time.perf_counter() - started
@@ -110,6 +111,7 @@ def service(api: str, path: Path, pipeline: str) -> dict[str, Any]:
         "chunks": result["video"]["chunks"],
         "worker_seconds": result["timings"],
         "tracks": len(result["tracks"]),
+        "inference_processes": len(workers),
     }
 
 

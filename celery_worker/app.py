@@ -53,6 +53,10 @@ def _load_models(**_: Any) -> None:
     """In each pool process: load the models once, then keep reporting them."""
     if not _serves_inference:
         return
+    if settings.torch_threads > 0:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
     report = context.models.load_all()
     name = f"{QUEUE_INFERENCE}@{socket.gethostname()}:{os.getpid()}"
 

@@ -32,6 +32,10 @@ class Settings:
     models_file: Path = Path("config/models.yaml")
     pipelines_file: Path = Path("config/pipelines.yaml")
     device: str = "auto"
+    # CPU threads of PyTorch in each inference process (0: PyTorch's default, one per
+    # core). Running N inference processes on one CPU host, give each cores / N: two
+    # processes of 2 threads on 2 cores ran a video 7x slower than one (threads spin-wait).
+    torch_threads: int = 0
     max_upload_bytes: int = 25 * 1024 * 1024
     max_image_pixels: int = 40_000_000
     # A batch request (all files, or the zip, together) and its number of images.

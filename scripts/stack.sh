@@ -48,6 +48,8 @@ start() {
         # Callbacks wait on the network: threads. Steps: one prefork process each.
         pool=(-P prefork -c 1)
         [[ $queue == notify ]] && pool=(-P threads -c 8)
+        # More inference processes on a CPU host: set CV_TORCH_THREADS to cores / processes.
+        [[ $queue == inference ]] && pool=(-P prefork -c "${CV_INFERENCE_PROCESSES:-1}")
         "$BIN/celery" --workdir "$ROOT" -A celery_worker.app worker -Q "$queue" \
             -n "$queue@%h" "${pool[@]}" --without-mingle --without-gossip --loglevel INFO \
             --pidfile "$RUN/worker-$queue.pid" --logfile "$LOG/worker-$queue.log" --detach
