@@ -16,7 +16,6 @@ from typing import IO, Any
 
 import redis
 from celery.canvas import Signature
-from common.videos import NotAVideo, VideoInfo, VideoUnprocessable, probe_video
 from kombu.exceptions import OperationalError
 
 from api.chains import build_chain, build_video_start, step_task_ids
@@ -37,6 +36,7 @@ from common.celery_app import HARD_LIMIT_GRACE_SECONDS
 from common.contract import ACTIVE_STATES, Payload
 from common.images import ImageHeader, ImageUnprocessable, NotAnImage, inspect_image
 from common.storage import StorageKeyError
+from common.videos import NotAVideo, VideoInfo, VideoUnprocessable, probe_video
 
 log = logging.getLogger(__name__)
 
@@ -151,22 +151,12 @@ def submit_image(
 ) -> dict[str, Any]:
     """Store, record and queue one checked image of a validated request; all or nothing."""
     pipeline = request.pipeline
-    input_info = {
-        "kind": "image",
-        "filename": Path(filename or "upload").name[:200],
-        "content_type": header.content_type,
-        "format": header.format,
-        "width": header.width,
-        "height": header.height,
-    }
+    input_info = _input_info("image", filename, header.content_type, header.format)
+    input_info.update(width=header.width, height=header.height)
 
     def start(job_id: str, input_key: str) -> Signature:
         payload: Payload = {
-            "job_id": job_id,
-            "pipeline": pipeline.name,
-            "model_name": request.options["model"],
-            "options": request.options,
-            "input_key": input_key,
+            **_first_payload(request, job_id, input_key),
             "image": {"width": header.width, "height": header.height},
         }
         return build_chain(svc.celery, pipeline, payload, step_task_ids(job_id, pipeline))
@@ -179,23 +169,12 @@ def submit_video(
 ) -> dict[str, Any]:
     """Store, record and queue one probed video; the workers split it into chunks."""
     pipeline = request.pipeline
-    input_info = {
-        "kind": "video",
-        "filename": Path(filename or "upload").name[:200],
-        "content_type": info.content_type,
-        "format": info.container,
-        "width": info.width,
-        "height": info.height,
-        "video": info.as_dict(),
-    }
+    input_info = _input_info("video", filename, info.content_type, info.container)
+    input_info.update(width=info.width, height=info.height, video=info.as_dict())
 
     def start(job_id: str, input_key: str) -> Signature:
         payload: Payload = {
-            "job_id": job_id,
-            "pipeline": pipeline.name,
-            "model_name": request.options["model"],
-            "options": request.options,
-            "input_key": input_key,
+            **_first_payload(request, job_id, input_key),
             "kind": "video",
             "video": info.as_dict(),
             "render": pipeline.steps[-1].name,
@@ -203,6 +182,26 @@ def submit_video(
         return build_video_start(svc.celery, payload, step_task_ids(job_id, pipeline)[0])
 
     return _enqueue(svc, request, stream, info.extension, input_info, start)
+
+
+def _input_info(kind: str, filename: str, content_type: str, fmt: str) -> dict[str, Any]:
+    """What the job record says about its upload (sizes are added by the caller)."""
+    return {
+        "kind": kind,
+        "filename": Path(filename or "upload").name[:200],
+        "content_type": content_type,
+        "format": fmt,
+    }
+
+
+def _first_payload(request: Request, job_id: str, input_key: str) -> Payload:
+    return {
+        "job_id": job_id,
+        "pipeline": request.pipeline.name,
+        "model_name": request.options["model"],
+        "options": request.options,
+        "input_key": input_key,
+    }
 
 
 def _enqueue(

@@ -39,20 +39,24 @@ def detect_frames(
     return out
 
 
+def yolo_arguments(options: dict[str, Any], device: str) -> dict[str, Any]:
+    """Ultralytics ``predict`` keywords from a job's options (images and videos alike)."""
+    return {
+        "imgsz": int(options["image_size"]),
+        "conf": float(options["confidence"]),
+        "iou": float(options["iou"]),
+        "max_det": int(options["max_detections"]),
+        "classes": options.get("classes") or None,
+        "device": device,
+        "verbose": False,
+    }
+
+
 def _yolo(
     loaded: LoadedModel, frames: Sequence[np.ndarray], options: dict[str, Any]
 ) -> list[Detections]:
     names: dict[int, str] = loaded.info.get("names", {})
-    results = loaded.model.predict(
-        list(frames),
-        imgsz=int(options["image_size"]),
-        conf=float(options["confidence"]),
-        iou=float(options["iou"]),
-        max_det=int(options["max_detections"]),
-        classes=options.get("classes") or None,
-        device=loaded.device,
-        verbose=False,
-    )
+    results = loaded.model.predict(list(frames), **yolo_arguments(options, loaded.device))
     out = []
     for result in results:
         raw = from_ultralytics(result)

@@ -9,6 +9,7 @@ import numpy as np
 from celery_worker.adapters import from_mtcnn, from_ultralytics
 from celery_worker.context import WorkerContext
 from celery_worker.errors import InputError, ModelUnavailable
+from celery_worker.framewise import yolo_arguments
 from celery_worker.masks import pack
 from celery_worker.models import LoadedModel
 from celery_worker.steps import job_step
@@ -41,16 +42,7 @@ def _predict_yolo(ctx: WorkerContext, payload: Payload, task: str) -> tuple[Any,
     loaded = _model(ctx, payload, task)
     options = payload["options"]
     image = _model_input(ctx, payload)
-    results = loaded.model.predict(
-        image,
-        imgsz=int(options["image_size"]),
-        conf=float(options["confidence"]),
-        iou=float(options["iou"]),
-        max_det=int(options["max_detections"]),
-        classes=options.get("classes") or None,
-        device=loaded.device,
-        verbose=False,
-    )
+    results = loaded.model.predict(image, **yolo_arguments(options, loaded.device))
     return loaded, results[0]
 
 
