@@ -320,3 +320,31 @@ def test_a_worker_killed_mid_video_loses_no_frame(
     assert len(outputs) == len(truth)
     partial = [p for p in seen if 0 < p["frames_done"] < p["frames_total"]]
     assert partial and any(p["eta_seconds"] is not None for p in partial), seen
+
+
+def test_cancelling_a_video_mid_way_stops_its_chunks_and_removes_its_files(
+    api_client: Any, assets: Path, stack_settings: Any, tmp_path: Path
+) -> None:
+    source = tmp_path / "cancel.mp4"
+    sliding_face(source, face_crop(assets), seconds=6, fps=10, size=(1280, 720))
+    response = submit(api_client, source.read_bytes(), {"pipeline": "blur-faces"}, name="c.mp4")
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    get = lambda: api_client.get(f"/v1/jobs/{job_id}").json()  # noqa: E731
+    wait_until(
+        lambda: (get()["progress"] or {}).get("frames_by_stage", {}).get("inference", 0) >= 8,
+        120,
+        "the first chunk through inference",
+    )
+    assert api_client.delete(f"/v1/jobs/{job_id}").status_code == 204
+    storage = stack_settings.resolve(stack_settings.storage_dir) / "jobs" / job_id
+
+    # A later job through the same single workers proves the cancelled chunks are behind us.
+    after = tmp_path / "after.mp4"
+    moving_shapes(after, seconds=1, fps=10)
+    assert run_video(api_client, after, {"pipeline": "blur-faces"})["state"] == "succeeded"
+    job = get()
+    assert job["state"] == "cancelled"
+    assert job["progress"]["frames_done"] < job["progress"]["frames_total"] == 60
+    assert not storage.exists(), sorted(p.name for p in storage.rglob("*"))
+    assert api_client.get(f"/v1/jobs/{job_id}/result").status_code == 409
