@@ -18,7 +18,6 @@ A video job runs as: ``preprocess.video`` (plan the frames, split them into chun
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import tempfile
@@ -31,6 +30,7 @@ from celery import chain
 from celery_worker.app import app
 from celery_worker.context import WorkerContext
 from celery_worker.errors import JobGone
+from common.celery_app import HARD_LIMIT_GRACE_SECONDS
 from common.contract import (
     QUEUE_INFERENCE,
     QUEUE_POSTPROCESS,
@@ -44,6 +44,9 @@ from common.contract import (
 )
 
 FINISH = -1  # the finishing step's entry among a job's published chunks
+# Time the finishing step may take per frame on top of the step limit: tracking took
+# 0.54 ms a frame with 8 objects; 10x that leaves room for crowded scenes and frames.json.
+FINISH_SECONDS_PER_FRAME = 0.005
 
 # What every chunk's payload carries from the planning step.
 BASE_KEYS = (
@@ -59,6 +62,8 @@ BASE_KEYS = (
     "chunks_total",
     "fps",
     "size",
+    "window",
+    "thumbnails",
 )
 
 
@@ -77,15 +82,19 @@ def write_plan(ctx: WorkerContext, key: str, plan: dict[str, Any]) -> None:
 
 
 def read_plan(ctx: WorkerContext, key: str) -> dict[str, Any]:
-    path = ctx.storage.path(key)
-    return _read_plan(str(path), path.stat().st_mtime_ns)
+    """The whole plan (every frame's source pts and time): read once, by the finishing step."""
+    plan: dict[str, Any] = json.loads(ctx.storage.path(key).read_text())
+    return plan
 
 
-@functools.lru_cache(maxsize=8)
-def _read_plan(path: str, mtime_ns: int) -> dict[str, Any]:
-    # Cached per process: every chunk of a job reads the same plan.
-    document: dict[str, Any] = json.loads(Path(path).read_text())
-    return document
+def write_chunk_plan(
+    ctx: WorkerContext, job_id: str, index: int, start: int, source_pts: list[int]
+) -> None:
+    """One chunk's part of the plan, so publishing a chunk never reads the whole plan."""
+    document = {"index": index, "start": start, "count": len(source_pts), "source_pts": source_pts}
+    ctx.storage.write_bytes(
+        work_key(ctx, job_id, index, "plan.json"), json.dumps(document).encode()
+    )
 
 
 def publish_chunk(ctx: WorkerContext, base: Payload, index: int) -> None:
@@ -93,14 +102,9 @@ def publish_chunk(ctx: WorkerContext, base: Payload, index: int) -> None:
     job_id = base["job_id"]
     if index >= base["chunks_total"] or ctx.store.was_dispatched(job_id, index):
         return
-    plan = read_plan(ctx, base["plan_key"])
-    start, count = plan["chunks"][index]
-    chunk: Chunk = {
-        "index": index,
-        "start": start,
-        "count": count,
-        "source_pts": plan["source_pts"][start : start + count],
-    }
+    chunk: Chunk = json.loads(
+        ctx.storage.path(work_key(ctx, job_id, index, "plan.json")).read_text()
+    )
     payload: Payload = {**base, "chunk": chunk}
     steps = (
         (TASK_PREPROCESS_VIDEO_CHUNK, QUEUE_PREPROCESS, "preprocess"),
@@ -126,12 +130,17 @@ def publish_finish(ctx: WorkerContext, base: Payload) -> None:
     job_id = base["job_id"]
     if ctx.store.was_dispatched(job_id, FINISH):
         return
+    # Its work grows with the video (tracking, frames.json): a time limit to match.
+    frames = int(ctx.store.redis.hget(ctx.store.job_key(job_id), "frames_total") or 0)
+    soft = ctx.settings.step_time_limit_seconds + FINISH_SECONDS_PER_FRAME * frames
     app.send_task(
         TASK_POSTPROCESS_VIDEO_FINISH,
         args=(base,),
         queue=QUEUE_POSTPROCESS,
         routing_key=QUEUE_POSTPROCESS,
         task_id=f"{job_id}-finish",
+        soft_time_limit=soft,
+        time_limit=soft + HARD_LIMIT_GRACE_SECONDS,
     )
     ctx.store.mark_dispatched(job_id, FINISH)
 

@@ -10,6 +10,7 @@ write whole files under fixed names: running twice gives the same result.
 from __future__ import annotations
 
 import functools
+import shutil
 import time
 from collections.abc import Callable
 from typing import Any
@@ -171,6 +172,7 @@ def gave_up_after_redelivery(store: JobStore, job_id: str, key: str) -> bool:
 def _fail(job_id: str, step: str, kind: str, detail: str) -> None:
     if context.store.fail(job_id, step, kind, detail):
         notify(job_id)
+    _forget(job_id)
 
 
 def notify(job_id: str) -> None:
@@ -180,6 +182,11 @@ def notify(job_id: str) -> None:
 
 
 def _forget(job_id: str) -> None:
-    """Remove a cancelled or vanished job's files (a step may have re-made some)."""
-    if context.store.state(job_id) in (None, "cancelled"):
+    """Remove a cancelled or vanished job's files (a step may have re-made some), and a
+    failed job's working files (a video's decoded frames and segments); its upload stays.
+    """
+    state = context.store.state(job_id)
+    if state in (None, "cancelled"):
         context.storage.remove_job(job_id)
+    elif state == "failed":
+        shutil.rmtree(context.storage.job_dir(job_id) / "work", ignore_errors=True)

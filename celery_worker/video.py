@@ -84,20 +84,26 @@ class FramePlan:
     warnings: list[str] = field(default_factory=list)
 
 
-def plan_frames(path: Path, fps: float | None = None) -> FramePlan:
+def plan_frames(
+    path: Path, fps: float | None = None, max_seconds: float | None = None
+) -> FramePlan:
     """Normalise the video to a constant rate ``fps`` (None: the source's), by timestamps.
 
     Demux only, so an hour of video plans in seconds. Output frame k shows the source
     frame nearest to k / fps (ties: the earlier), so a variable-rate source gets
     repeats and drops; a rate above the source's is clamped to it (never invents
-    frames). Raises ``VideoDecodeError`` only when no video packet can be read.
+    frames). Raises ``VideoDecodeError`` when no video packet can be read, or when
+    the packets run past ``max_seconds`` (a header may understate the duration).
     """
     with _open(path) as container:
         if not container.streams.video:
             raise VideoDecodeError("the file holds no video stream")
         stream = container.streams.video[0]
         warnings: list[str] = []
-        found = _timestamps(container, stream, warnings)
+        limit = None
+        if max_seconds is not None and stream.time_base:
+            limit = int(max_seconds / float(stream.time_base))
+        found = _timestamps(container, stream, warnings, limit)
         declared = int(stream.frames or 0)
         declared_seconds = _declared_seconds(container, stream)
     if not found:
@@ -134,14 +140,24 @@ def _open(path: Path) -> InputContainer:
         raise VideoDecodeError(f"the video cannot be opened: {_reason(exc)}") from exc
 
 
-def _timestamps(container: InputContainer, stream: VideoStream, warnings: list[str]) -> list[int]:
-    """Every video packet's pts (dts where pts is missing), in file order."""
+def _timestamps(
+    container: InputContainer, stream: VideoStream, warnings: list[str], limit: int | None = None
+) -> list[int]:
+    """Every video packet's pts (dts where pts is missing), in file order.
+
+    ``limit``: the most time-base units after the first packet before giving up.
+    """
     stamps: list[int] = []
     for packet in _packets(container, stream, warnings):
         if packet.is_discard:  # an edit list hides it: no frame is shown for it
             continue
         stamp = packet.pts if packet.pts is not None else packet.dts
         if stamp is not None:
+            if limit is not None and stamps and stamp - stamps[0] > limit:
+                raise VideoDecodeError(
+                    f"the video runs longer than {limit * float(stream.time_base or 1):.0f} s "
+                    "(CV_MAX_VIDEO_SECONDS), although its header said otherwise"
+                )
             stamps.append(stamp)
     return stamps
 

@@ -265,6 +265,8 @@ class Payload(TypedDict, total=False):
     chunks_total: int
     fps: str  # output frame rate, an exact fraction "30000/1001"
     size: list[int]  # output frame width, height
+    window: int  # chunks of the job in flight at once (fixed when it is planned)
+    thumbnails: list[int]  # output frames kept for the thumbnail strip
     frames_key: str
     detections_key: str
     missing: list[int]  # chunk positions whose frame could not be decoded

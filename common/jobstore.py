@@ -203,12 +203,12 @@ class JobStore:
         """
         if record["state"] != "running" or not record.get("step"):
             return record
+        if record.get("frames_total"):
+            return self._fail_video_if_stuck(record, limit_seconds)
         step = next((s for s in record["steps"] if s["name"] == record["step"]), None)
         if step is None or not step.get("started_at") or step.get("finished_at"):
             return record
         started = datetime.fromisoformat(step["started_at"]).timestamp()
-        if record.get("progress_at"):  # a video: its chunks show it is alive
-            started = max(started, datetime.fromisoformat(record["progress_at"]).timestamp())
         if time.time() - started <= limit_seconds:
             return record
         detail = (
@@ -216,6 +216,23 @@ class JobStore:
             "(its worker was stopped, killed or lost)"
         )
         self.fail(record["id"], step["name"], "timeout", detail)
+        return self.get(record["id"]) or record
+
+    def _fail_video_if_stuck(self, record: dict[str, Any], limit_seconds: float) -> dict[str, Any]:
+        """A video is stuck when a chunk (or the finishing step) started and nothing finished
+        for ``limit_seconds``. Chunks waiting in a queue behind other work are not stuck,
+        as a queued image is not.
+        """
+        active, done = record.get("active_at"), record.get("progress_at")
+        if not active or (done and done >= active):
+            return record
+        if time.time() - datetime.fromisoformat(active).timestamp() <= limit_seconds:
+            return record
+        detail = (
+            f"no chunk of the video finished within {limit_seconds:.0f} s of the last one "
+            "starting (its worker was stopped, killed or lost)"
+        )
+        self.fail(record["id"], record["step"], "timeout", detail)
         return self.get(record["id"]) or record
 
     def cancel(self, job_id: str) -> bool:
@@ -259,7 +276,9 @@ class JobStore:
 
     def video_planned(self, job_id: str, frames_total: int, chunks_total: int) -> bool:
         """Record a video's size in frames and chunks (progress reads them)."""
-        fields = json.dumps({"frames_total": frames_total, "chunks_total": chunks_total})
+        fields = json.dumps(
+            {"frames_total": frames_total, "chunks_total": chunks_total, "progress_at": now_iso()}
+        )
         return int(self.redis.eval(_HSET_MANY_IF_EXISTS, 1, self.job_key(job_id), fields)) >= 0
 
     def stage_started(self, job_id: str, stage: str) -> bool:
@@ -272,7 +291,7 @@ class JobStore:
             steps = record["steps"]
             names = [s["name"] for s in steps]
             entry = steps[names.index(stage)]
-            fields: dict[str, str] = {}
+            fields: dict[str, str] = {"active_at": now_iso()}
             if not entry.get("started_at"):
                 entry["started_at"] = now_iso()
                 fields["steps"] = json.dumps(steps)
@@ -299,7 +318,8 @@ class JobStore:
     def chunk_done(self, job_id: str, stage: str, index: int, frames: int, seconds: float) -> int:
         """Count chunk ``index`` done in ``stage`` (once, however often it ran).
 
-        Returns how many chunks the stage has done, or -1 when the job is gone.
+        Returns how many chunks the stage has done, or -1 when the job is no longer
+        running (cancelled, failed, deleted): the chunk's work is moot then.
         """
         return int(
             self.redis.eval(
@@ -445,7 +465,7 @@ return 1
 """
 # A chunk finished a stage: counted once per chunk index, with its frames and seconds.
 _CHUNK_DONE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if redis.call('HGET', KEYS[1], 'state') ~= 'running' then return -1 end
 if redis.call('SADD', KEYS[2], ARGV[1]) == 1 then
   redis.call('EXPIRE', KEYS[2], ARGV[6])
   redis.call('HINCRBY', KEYS[1], 'frames_done:' .. ARGV[3], ARGV[2])
@@ -463,7 +483,7 @@ def _decode(raw: dict[str, Any]) -> dict[str, Any]:
     for name in _JSON_FIELDS:
         value = record.get(name)
         record[name] = json.loads(value) if value else None
-    for name in ("step", "finished_at", "callback_url", "notification", "progress_at"):
+    for name in ("step", "finished_at", "callback_url", "notification", "progress_at", "active_at"):
         record[name] = record.get(name) or None
     record.pop("submitted_ts", None)
     return record

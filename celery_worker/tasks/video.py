@@ -29,6 +29,7 @@ from celery_worker.chunks import (
     read_plan,
     save_array,
     work_key,
+    write_chunk_plan,
     write_plan,
 )
 from celery_worker.context import WorkerContext
@@ -71,7 +72,7 @@ THUMBNAIL_HEIGHT = 96
 # --- preprocess -----------------------------------------------------------------------
 
 
-@job_step(TASK_PREPROCESS_VIDEO, "preprocess", finishes_step=False)
+@job_step(TASK_PREPROCESS_VIDEO, "preprocess", finishes_step=False, continues_stage=True)
 def preprocess_video(ctx: WorkerContext, payload: Payload) -> Payload:
     """Plan the output frames (constant rate, decimated), split them into chunks, start them.
 
@@ -81,7 +82,11 @@ def preprocess_video(ctx: WorkerContext, payload: Payload) -> Payload:
     if payload["model_name"] not in ctx.models.specs:
         raise ModelUnavailable(f"no model named {payload['model_name']!r} on this worker")
     try:
-        plan = plan_frames(ctx.storage.path(payload["input_key"]), options.get("fps"))
+        plan = plan_frames(
+            ctx.storage.path(payload["input_key"]),
+            options.get("fps"),
+            ctx.settings.max_video_seconds,
+        )
     except FileNotFoundError as exc:
         raise InputError("the uploaded video is missing from storage") from exc
     except VideoDecodeError as exc:
@@ -106,7 +111,6 @@ def preprocess_video(ctx: WorkerContext, payload: Payload) -> Payload:
             "chunks": ranges,
             "source_pts": plan.source_pts,
             "source_times": plan.source_times,
-            "thumbnails": _spread(total, THUMBNAILS),
             "declared_frames": plan.declared_frames,
             "found_frames": plan.found_frames,
             "warnings": plan.warnings,
@@ -114,14 +118,19 @@ def preprocess_video(ctx: WorkerContext, payload: Payload) -> Payload:
     )
     if not ctx.store.video_planned(job_id, total, len(ranges)):
         raise JobGone(job_id)
+    for index, (start, count) in enumerate(ranges):
+        write_chunk_plan(ctx, job_id, index, start, plan.source_pts[start : start + count])
     base: Payload = {
         **base_of(payload),
         "plan_key": plan_key,
         "chunks_total": len(ranges),
         "fps": str(plan.fps),
         "size": [width, height],
+        # Fixed for the job here, so every worker publishes the same next chunks.
+        "window": max(1, settings.video_window_chunks),
+        "thumbnails": _spread(total, THUMBNAILS),
     }
-    for index in range(min(settings.video_window_chunks, len(ranges))):
+    for index in range(min(base["window"], len(ranges))):
         publish_chunk(ctx, base, index)
     return base
 
@@ -152,6 +161,10 @@ def preprocess_chunk(ctx: WorkerContext, payload: Payload) -> Payload:
         raise InputError(str(exc)) from exc
     frames_key = work_key(ctx, job_id, chunk["index"], "frames.npy")
     save_array(ctx, frames_key, decoded.frames)
+    if ctx.store.chunk_is_done(job_id, "postprocess", chunk["index"]):
+        # A late copy of a chunk another copy finished meanwhile: leave no frames behind.
+        ctx.storage.path(frames_key).unlink(missing_ok=True)
+        raise ChunkAlreadyDone()
     chunk_finished(ctx, payload, "preprocess", time.perf_counter() - started)
     return {
         **payload,
@@ -175,11 +188,14 @@ def infer_chunk(ctx: WorkerContext, payload: Payload) -> Payload:
     detections_key = work_key(ctx, job_id, index, "json")
     out: Payload = {**payload, "detections_key": detections_key}
     if ctx.store.chunk_is_done(job_id, "inference", index) and _exists(ctx, detections_key):
+        chunk_finished(ctx, payload, "inference", 0.0)  # counted once; marks the stage
         return out  # redelivered after it finished: pass the chain on
     loaded = ctx.models.get(payload["model_name"])
     try:
         frames = np.load(ctx.storage.path(payload["frames_key"]), mmap_mode="r")
     except FileNotFoundError as exc:
+        if ctx.store.chunk_is_done(job_id, "postprocess", index):
+            raise ChunkAlreadyDone() from exc  # another copy of this chunk finished it
         raise InputError(f"the decoded frames of chunk {index} are missing from storage") from exc
     missing = set(payload.get("missing") or [])
     positions = [p for p in range(chunk["count"]) if p not in missing]
@@ -221,7 +237,7 @@ def postprocess_chunk(ctx: WorkerContext, payload: Payload) -> Payload:
         done = chunk_finished(ctx, payload, "postprocess", time.perf_counter() - started)
         ctx.storage.path(payload["frames_key"]).unlink(missing_ok=True)
     base = base_of(payload)
-    publish_chunk(ctx, base, index + ctx.settings.video_window_chunks)
+    publish_chunk(ctx, base, index + base["window"])
     if done >= payload["chunks_total"]:
         publish_finish(ctx, base)
     return {"job_id": job_id, "pipeline": payload["pipeline"]}
@@ -234,13 +250,15 @@ def _render_chunk(ctx: WorkerContext, payload: Payload) -> None:
         frames = np.load(ctx.storage.path(payload["frames_key"]), mmap_mode="r")
         document = json.loads(ctx.storage.path(payload["detections_key"]).read_text())
     except FileNotFoundError as exc:
+        if ctx.store.chunk_is_done(job_id, "postprocess", index):
+            raise ChunkAlreadyDone() from exc  # another copy of this chunk finished it
         raise InputError(f"the frames or results of chunk {index} are missing") from exc
     step, options = payload["render"], payload["options"]
     rendered = (
         render_frame(step, np.array(frame), detections, options)
         for frame, detections in zip(frames, document["frames"], strict=True)
     )
-    thumbs = set(read_plan(ctx, payload["plan_key"])["thumbnails"])
+    thumbs = set(payload["thumbnails"])
     segment = ctx.storage.path(work_key(ctx, job_id, index, "mp4"))
 
     def keep_thumbnails() -> Any:
@@ -297,7 +315,7 @@ def finish_video(ctx: WorkerContext, payload: Payload) -> Payload:
 
     read = [
         cv2.imread(str(ctx.storage.path(ctx.storage.key(job_id, "work", f"thumb-{i:07d}.jpg"))))
-        for i in plan["thumbnails"]
+        for i in payload["thumbnails"]
     ]
     thumbs = [t for t in read if t is not None]
     if thumbs and len(thumbs) == len(read):

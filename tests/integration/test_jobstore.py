@@ -6,6 +6,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -213,15 +214,24 @@ def test_chunk_writes_never_recreate_a_deleted_job(store: JobStore) -> None:
     assert store.redis.exists(store.chunks_key(job_id, "preprocess")) == 0
 
 
-def test_a_stalled_video_is_failed_but_one_making_progress_is_not(store: JobStore) -> None:
+def test_a_stalled_video_is_failed_but_one_waiting_in_a_queue_is_not(store: JobStore) -> None:
     job_id = new_job(store)
-    store.stage_started(job_id, "inference")
-    record = store.get(job_id)
-    assert record is not None
+    store.stage_started(job_id, "preprocess")
+    store.video_planned(job_id, frames_total=16, chunks_total=2)
     old = "2000-01-01T00:00:00+00:00"
-    record["steps"][1]["started_at"] = old
-    store.chunk_done(job_id, "inference", 0, 8, 0.1)  # progress just now
-    record["progress_at"] = store.get(job_id)["progress_at"]  # type: ignore[index]
-    assert store.fail_if_stuck(record, 60)["state"] == "running"
-    record["progress_at"] = old
-    assert store.fail_if_stuck(record, 60)["state"] == "failed"
+
+    def aged(**fields: str) -> dict[str, Any]:
+        record = store.get(job_id)
+        assert record is not None
+        return {**record, **fields}
+
+    # Planned, chunks waiting behind other work for ages: not stuck (as a queued image).
+    assert store.fail_if_stuck(aged(active_at=old), 60)["state"] == "running"
+    store.stage_started(job_id, "inference")  # a chunk starts now
+    assert store.fail_if_stuck(aged(), 60)["state"] == "running"
+    store.chunk_done(job_id, "inference", 0, 8, 0.1)
+    # Started long ago, something finished since: alive.
+    assert store.fail_if_stuck(aged(active_at=old), 60)["state"] == "running"
+    # A chunk (or the finish) started long ago and nothing finished since: stuck.
+    stuck = store.fail_if_stuck(aged(active_at="2000-01-01T00:01:00+00:00", progress_at=old), 60)
+    assert stuck["state"] == "failed" and stuck["error"]["kind"] == "timeout"

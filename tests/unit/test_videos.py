@@ -508,3 +508,14 @@ def test_a_truncated_mp4_without_its_index_is_a_decode_error(tmp_path: Path) -> 
     truncate(clean, cut, 0.5)
     with pytest.raises(VideoDecodeError, match="cannot be opened"):
         plan_frames(cut)
+
+
+def test_plan_refuses_a_video_longer_than_its_header_said(tmp_path: Path) -> None:
+    from celery_worker.video import VideoDecodeError, plan_frames
+    from tests.support.videos import moving_shapes
+
+    path = tmp_path / "long.mkv"
+    moving_shapes(path, seconds=2, fps=10)
+    assert len(plan_frames(path, max_seconds=5).source_pts) == 20
+    with pytest.raises(VideoDecodeError, match="longer than 1 s"):
+        plan_frames(path, max_seconds=1)
