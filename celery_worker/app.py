@@ -51,6 +51,11 @@ def _remember_queues(options: dict[str, Any], **_: Any) -> None:
 @signals.worker_process_init.connect
 def _load_models(**_: Any) -> None:
     """In each pool process: load the models once, then keep reporting them."""
+    # One worker process is one unit of parallelism: OpenCV's own threads would only
+    # compete with the other workers (and the model's threads) for the same cores.
+    import cv2
+
+    cv2.setNumThreads(1)
     if not _serves_inference:
         return
     if settings.torch_threads > 0:

@@ -347,7 +347,7 @@ def decode_chunk(
     first, last = min(wanted), max(wanted)
     with _open(path) as container:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        _one_thread(stream)
         try:
             container.seek(first, stream=stream, backward=True)
             landed = _decode_range(container, stream, wanted, last, keep, after_seek=True)
@@ -358,7 +358,7 @@ def decode_chunk(
         corrupt.clear()
         with _open(path) as container:
             stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
+            _one_thread(stream)
             _decode_range(container, stream, wanted, last, keep, after_seek=False)
     return _assemble(source_pts, got, corrupt, size)
 
@@ -437,6 +437,14 @@ def _assemble(
 
 
 # --- encoding -------------------------------------------------------------------------
+
+
+def _one_thread(stream: VideoStream) -> None:
+    """Decode on one thread: a worker process is the unit of parallelism, and FFmpeg's
+    threads would compete with the model's for the same cores (the service runs the
+    decoding beside inference)."""
+    stream.thread_type = "SLICE"
+    stream.codec_context.thread_count = 1
 
 
 def encode_segment(
