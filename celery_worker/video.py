@@ -82,6 +82,7 @@ class FramePlan:
     declared_frames: int  # what the container declares (0 if unknown)
     found_frames: int  # video packets actually demuxed
     warnings: list[str] = field(default_factory=list)
+    keyframes: frozenset[int] = frozenset()  # pts of the packets that are keyframes
 
 
 def plan_frames(
@@ -103,7 +104,8 @@ def plan_frames(
         limit = None
         if max_seconds is not None and stream.time_base:
             limit = int(max_seconds / float(stream.time_base))
-        found = _timestamps(container, stream, warnings, limit)
+        keys: set[int] = set()
+        found = _timestamps(container, stream, warnings, limit, keys)
         declared = int(stream.frames or 0)
         declared_seconds = _declared_seconds(container, stream)
     if not found:
@@ -127,6 +129,7 @@ def plan_frames(
         declared_frames=declared,
         found_frames=len(found),
         warnings=warnings,
+        keyframes=frozenset(keys),
     )
 
 
@@ -141,11 +144,16 @@ def _open(path: Path) -> InputContainer:
 
 
 def _timestamps(
-    container: InputContainer, stream: VideoStream, warnings: list[str], limit: int | None = None
+    container: InputContainer,
+    stream: VideoStream,
+    warnings: list[str],
+    limit: int | None = None,
+    keys: set[int] | None = None,
 ) -> list[int]:
     """Every video packet's pts (dts where pts is missing), in file order.
 
     ``limit``: the most time-base units after the first packet before giving up.
+    ``keys`` collects the keyframes' pts.
     """
     stamps: list[int] = []
     for packet in _packets(container, stream, warnings):
@@ -159,6 +167,8 @@ def _timestamps(
                     "(CV_MAX_VIDEO_SECONDS), although its header said otherwise"
                 )
             stamps.append(stamp)
+            if keys is not None and packet.is_keyframe:
+                keys.add(stamp)
     return stamps
 
 
@@ -309,6 +319,34 @@ def chunk_ranges(total: int, per_chunk: int) -> list[tuple[int, int]]:
     if per_chunk < 1:
         raise ValueError(f"per_chunk must be at least 1, not {per_chunk}")
     return [(start, min(per_chunk, total - start)) for start in range(0, total, per_chunk)]
+
+
+def chunk_ranges_at_keyframes(
+    source_pts: Sequence[int], per_chunk: int, keyframes: frozenset[int]
+) -> list[tuple[int, int]]:
+    """As ``chunk_ranges``, but each chunk starts on a keyframe where one is near.
+
+    A chunk decodes from the keyframe at or before its first frame, so a chunk that
+    starts on one decodes nothing it throws away (with a 2 s keyframe interval and
+    64-frame chunks, unaligned chunks decode about a quarter more). A chunk ends at the
+    last keyframe in the second half of its ``per_chunk`` frames, else after
+    ``per_chunk`` frames: never longer than ``per_chunk``.
+    """
+    if per_chunk < 1:
+        raise ValueError(f"per_chunk must be at least 1, not {per_chunk}")
+    total = len(source_pts)
+    ranges = []
+    start = 0
+    while start < total:
+        end = min(start + per_chunk, total)
+        if end < total:
+            for cut in range(end, start + max(1, per_chunk // 2) - 1, -1):
+                if source_pts[cut] in keyframes and source_pts[cut] != source_pts[cut - 1]:
+                    end = cut
+                    break
+        ranges.append((start, end - start))
+        start = end
+    return ranges
 
 
 # --- decoding -------------------------------------------------------------------------

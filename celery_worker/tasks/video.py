@@ -42,7 +42,7 @@ from celery_worker.tracking import Tracker, TrackSummary, tag_tracks
 from celery_worker.video import (
     VideoDecodeError,
     chunk_frames_for,
-    chunk_ranges,
+    chunk_ranges_at_keyframes,
     concat_segments,
     decode_chunk,
     encode_segment,
@@ -99,7 +99,7 @@ def preprocess_video(ctx: WorkerContext, payload: Payload) -> Payload:
     per_chunk = chunk_frames_for(
         width, height, settings.video_chunk_frames, settings.video_chunk_bytes
     )
-    ranges = chunk_ranges(total, per_chunk)
+    ranges = chunk_ranges_at_keyframes(plan.source_pts, per_chunk, plan.keyframes)
     plan_key = ctx.storage.key(job_id, "work", "plan.json")
     write_plan(
         ctx,

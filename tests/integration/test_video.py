@@ -90,7 +90,7 @@ def test_blur_faces_hides_the_face_in_every_frame_and_leaves_the_rest(
     assert job["progress"]["frames_done"] == job["progress"]["frames_total"] == len(truth)
     result = api_client.get(f"/v1/jobs/{job['id']}/result").json()
     assert result["kind"] == "video" and result["video"]["frames"] == len(truth)
-    assert result["video"]["chunks"] == -(-len(truth) // 8)
+    assert result["video"]["chunks"] >= -(-len(truth) // 8)  # chunks of at most 8 frames
     names = {a["name"] for a in result["artifacts"]}
     assert {"blurred.mp4", "frames.json", "thumbnails.jpg"} <= names
 

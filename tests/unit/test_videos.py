@@ -519,3 +519,37 @@ def test_plan_refuses_a_video_longer_than_its_header_said(tmp_path: Path) -> Non
     assert len(plan_frames(path, max_seconds=5).source_pts) == 20
     with pytest.raises(VideoDecodeError, match="longer than 1 s"):
         plan_frames(path, max_seconds=1)
+
+
+@pytest.mark.parametrize(
+    ("total", "per_chunk", "key_every", "starts"),
+    [
+        (200, 64, 30, [0, 60, 120, 180]),  # cut at the last keyframe in each chunk's second half
+        (100, 64, 100, [0, 64]),  # no keyframe near: plain cuts
+        (50, 8, 3, [0, 6, 12, 18, 24, 30, 36, 42]),
+        (10, 1, 2, list(range(10))),
+        (0, 8, 4, []),
+    ],
+)
+def test_chunks_start_on_keyframes_without_gap_overlap_or_growing(
+    total: int, per_chunk: int, key_every: int, starts: list[int]
+) -> None:
+    from celery_worker.video import chunk_ranges_at_keyframes
+
+    pts = [512 * k for k in range(total)]
+    keys = frozenset(pts[::key_every])
+    ranges = chunk_ranges_at_keyframes(pts, per_chunk, keys)
+    assert [start for start, _ in ranges] == starts
+    covered = [i for start, count in ranges for i in range(start, start + count)]
+    assert covered == list(range(total))
+    assert all(1 <= count <= per_chunk for _, count in ranges)
+
+
+def test_the_plan_names_the_keyframes(tmp_path: Path) -> None:
+    from celery_worker.video import plan_frames
+    from tests.support.videos import moving_shapes
+
+    path = tmp_path / "k.mp4"
+    moving_shapes(path, seconds=3, fps=10, keyint=10)
+    plan = plan_frames(path)
+    assert sorted(plan.source_pts.index(p) for p in plan.keyframes) == [0, 10, 20]
