@@ -19,9 +19,6 @@ A video job runs as: ``preprocess.video`` (plan the frames, split them into chun
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -60,6 +57,7 @@ BASE_KEYS = (
     "render",
     "plan_key",
     "chunks_total",
+    "frames_total",
     "fps",
     "size",
     "window",
@@ -131,8 +129,7 @@ def publish_finish(ctx: WorkerContext, base: Payload) -> None:
     if ctx.store.was_dispatched(job_id, FINISH):
         return
     # Its work grows with the video (tracking, frames.json): a time limit to match.
-    frames = int(ctx.store.redis.hget(ctx.store.job_key(job_id), "frames_total") or 0)
-    soft = ctx.settings.step_time_limit_seconds + FINISH_SECONDS_PER_FRAME * frames
+    soft = ctx.settings.step_time_limit_seconds + FINISH_SECONDS_PER_FRAME * base["frames_total"]
     app.send_task(
         TASK_POSTPROCESS_VIDEO_FINISH,
         args=(base,),
@@ -157,14 +154,6 @@ def chunk_finished(ctx: WorkerContext, payload: Payload, stage: str, seconds: fl
 
 
 def save_array(ctx: WorkerContext, key: str, array: np.ndarray) -> None:
-    """Write ``array`` as .npy atomically (temp file + rename), without a copy in memory."""
-    target = ctx.storage.path(key)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".array-")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            np.save(out, np.ascontiguousarray(array), allow_pickle=False)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``array`` as .npy atomically, without a copy in memory."""
+    with ctx.storage.atomic(key) as tmp, tmp.open("wb") as out:
+        np.save(out, np.ascontiguousarray(array), allow_pickle=False)

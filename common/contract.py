@@ -263,6 +263,7 @@ class Payload(TypedDict, total=False):
     plan_key: str
     chunk: Chunk
     chunks_total: int
+    frames_total: int
     fps: str  # output frame rate, an exact fraction "30000/1001"
     size: list[int]  # output frame width, height
     window: int  # chunks of the job in flight at once (fixed when it is planned)

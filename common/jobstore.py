@@ -211,12 +211,11 @@ class JobStore:
         started = datetime.fromisoformat(step["started_at"]).timestamp()
         if time.time() - started <= limit_seconds:
             return record
-        detail = (
-            f"the {step['name']} step did not finish within {limit_seconds:.0f} s "
-            "(its worker was stopped, killed or lost)"
+        return self._fail_stuck(
+            record,
+            step["name"],
+            f"the {step['name']} step did not finish within {limit_seconds:.0f} s",
         )
-        self.fail(record["id"], step["name"], "timeout", detail)
-        return self.get(record["id"]) or record
 
     def _fail_video_if_stuck(self, record: dict[str, Any], limit_seconds: float) -> dict[str, Any]:
         """A video is stuck when a chunk (or the finishing step) started and nothing finished
@@ -228,11 +227,16 @@ class JobStore:
             return record
         if time.time() - datetime.fromisoformat(active).timestamp() <= limit_seconds:
             return record
-        detail = (
-            f"no chunk of the video finished within {limit_seconds:.0f} s of the last one "
-            "starting (its worker was stopped, killed or lost)"
+        return self._fail_stuck(
+            record,
+            record["step"],
+            f"no chunk of the video finished within {limit_seconds:.0f} s of the last one starting",
         )
-        self.fail(record["id"], record["step"], "timeout", detail)
+
+    def _fail_stuck(self, record: dict[str, Any], step: str, what: str) -> dict[str, Any]:
+        """Fail a job as timed out; returns the record as it is now."""
+        detail = f"{what} (its worker was stopped, killed or lost)"
+        self.fail(record["id"], step, "timeout", detail)
         return self.get(record["id"]) or record
 
     def cancel(self, job_id: str) -> bool:
@@ -335,6 +339,9 @@ class JobStore:
                 self.ttl,
             )
         )
+
+    def chunks_done(self, job_id: str, stage: str) -> int:
+        return int(self.redis.scard(self.chunks_key(job_id, stage)))
 
     def chunk_is_done(self, job_id: str, stage: str, index: int) -> bool:
         return bool(self.redis.sismember(self.chunks_key(job_id, stage), index))

@@ -18,6 +18,8 @@ import shutil
 import stat
 import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
@@ -83,17 +85,28 @@ class Storage:
                     raise
                 return stream.seek(0, os.SEEK_END)
         written = 0
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".upload-")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                while chunk := stream.read(chunk_size):
-                    out.write(chunk)
-                    written += len(chunk)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with self.atomic(key) as tmp, tmp.open("wb") as out:
+            while chunk := stream.read(chunk_size):
+                out.write(chunk)
+                written += len(chunk)
         return written
+
+    @contextmanager
+    def atomic(self, key: str, suffix: str = "") -> Iterator[Path]:
+        """A temporary path beside ``key`` to write; renamed to ``key`` when the block ends
+        without error, removed otherwise. A reader never sees half a file.
+
+        ``suffix`` keeps the extension for writers that pick the format by it (``.mp4``).
+        """
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".partial-", suffix=suffix)
+        os.close(fd)
+        try:
+            yield Path(tmp)
+            os.replace(tmp, target)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
 
     def _own_temp_file(self, stream: IO[bytes]) -> str | None:
         """The path of ``stream`` when it is a regular file under ``tmp_dir`` read from its start.

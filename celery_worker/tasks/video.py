@@ -8,10 +8,7 @@ died (or published twice) is redone, and counted, exactly once.
 from __future__ import annotations
 
 import json
-import logging
-import os
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from fractions import Fraction
@@ -62,8 +59,6 @@ from common.contract import (
     artifact_content_type,
     artifact_href,
 )
-
-log = logging.getLogger(__name__)
 
 THUMBNAILS = 8
 THUMBNAIL_HEIGHT = 96
@@ -124,6 +119,7 @@ def preprocess_video(ctx: WorkerContext, payload: Payload) -> Payload:
         **base_of(payload),
         "plan_key": plan_key,
         "chunks_total": len(ranges),
+        "frames_total": total,
         "fps": str(plan.fps),
         "size": [width, height],
         # Fixed for the job here, so every worker publishes the same next chunks.
@@ -231,7 +227,7 @@ def postprocess_chunk(ctx: WorkerContext, payload: Payload) -> Payload:
     index = chunk["index"]
     store = ctx.store
     if store.chunk_is_done(job_id, "postprocess", index):
-        done = int(store.redis.scard(store.chunks_key(job_id, "postprocess")))
+        done = store.chunks_done(job_id, "postprocess")
     else:
         _render_chunk(ctx, payload)
         done = chunk_finished(ctx, payload, "postprocess", time.perf_counter() - started)
@@ -259,27 +255,17 @@ def _render_chunk(ctx: WorkerContext, payload: Payload) -> None:
         for frame, detections in zip(frames, document["frames"], strict=True)
     )
     thumbs = set(payload["thumbnails"])
-    segment = ctx.storage.path(work_key(ctx, job_id, index, "mp4"))
 
     def keep_thumbnails() -> Any:
         for position, image in enumerate(rendered):
             if chunk["start"] + position in thumbs:
                 key = ctx.storage.key(job_id, "work", f"thumb-{chunk['start'] + position:07d}.jpg")
-                ctx.storage.write_bytes(key, encode(_fit_height(image, THUMBNAIL_HEIGHT), "jpeg"))
+                small = thumbnail_strip([image], THUMBNAIL_HEIGHT)  # a strip of one
+                ctx.storage.write_bytes(key, encode(small, "jpeg"))
             yield image
 
-    fd, tmp = tempfile.mkstemp(dir=segment.parent, prefix=".segment-", suffix=".mp4")
-    os.close(fd)
-    try:
-        encode_segment(Path(tmp), keep_thumbnails(), Fraction(payload["fps"]))
-        os.replace(tmp, segment)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
-def _fit_height(image: np.ndarray, height: int) -> np.ndarray:
-    width = max(1, round(image.shape[1] * height / image.shape[0]))
-    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+    with ctx.storage.atomic(work_key(ctx, job_id, index, "mp4"), suffix=".mp4") as tmp:
+        encode_segment(tmp, keep_thumbnails(), Fraction(payload["fps"]))
 
 
 @job_step(TASK_POSTPROCESS_VIDEO_FINISH, "postprocess", final=True, continues_stage=True)
@@ -307,11 +293,10 @@ def finish_video(ctx: WorkerContext, payload: Payload) -> Payload:
     artifacts.append(_artifact(video_name, video_path))
 
     frames_name = "frames.json"
-    frames_path = ctx.storage.artifact_path(job_id, frames_name)
-    model, summary, tracks, missing, damaged = _write_frames(ctx, payload, plan, frames_path)
+    model, summary, tracks, missing, damaged = _write_frames(ctx, payload, plan, frames_name)
     if len(missing) == total:
         raise InputError("no frame of the video could be decoded")
-    artifacts.append(_artifact(frames_name, frames_path))
+    artifacts.append(_artifact(frames_name, ctx.storage.artifact_path(job_id, frames_name)))
 
     read = [
         cv2.imread(str(ctx.storage.path(ctx.storage.key(job_id, "work", f"thumb-{i:07d}.jpg"))))
@@ -365,9 +350,10 @@ def finish_video(ctx: WorkerContext, payload: Payload) -> Payload:
 
 
 def _write_frames(
-    ctx: WorkerContext, payload: Payload, plan: dict[str, Any], path: Path
+    ctx: WorkerContext, payload: Payload, plan: dict[str, Any], name: str
 ) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]], list[int], list[int]]:
-    """frames.json in frame order (written as it goes), with a track id on each detection.
+    """The artifact ``name`` (frames.json): every frame in order, written as it goes, with
+    a track id on each detection.
 
     Returns the model info, the track summary, the tracks, and the frames that could not
     be decoded or were decoded with errors.
@@ -383,7 +369,8 @@ def _write_frames(
             document = json.loads(
                 ctx.storage.path(work_key(ctx, job_id, index, "json")).read_text()
             )
-            model.update(model or document["model"])
+            if not model:
+                model.update(document["model"])
             missing.update(start + p for p in document["missing"])
             damaged.update(start + p for p in document["damaged"])
             for position, detections in enumerate(document["frames"]):
@@ -391,25 +378,21 @@ def _write_frames(
                 yield frame, round(float(frame / fps), 6), detections
 
     summary = TrackSummary()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".frames-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write("[")
-            for frame, time_s, detections in tag_tracks(frames(), Tracker(float(fps))):
-                summary.add(frame, time_s, detections)
-                entry = {
-                    "index": frame,
-                    "time": time_s,
-                    "source_time": round(plan["source_times"][frame], 6),
-                    "decoded": frame not in missing,
-                    "damaged": frame in damaged,
-                    "detections": detections,
-                }
-                out.write(("," if frame else "") + "\n" + json.dumps(entry))
-            out.write("\n]\n")
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    key = ctx.storage.key(job_id, "artifacts", name)
+    with ctx.storage.atomic(key) as tmp, tmp.open("w") as out:
+        out.write("[")
+        for frame, time_s, detections in tag_tracks(frames(), Tracker(float(fps))):
+            summary.add(frame, time_s, detections)
+            entry = {
+                "index": frame,
+                "time": time_s,
+                "source_time": round(plan["source_times"][frame], 6),
+                "decoded": frame not in missing,
+                "damaged": frame in damaged,
+                "detections": detections,
+            }
+            out.write(("," if frame else "") + "\n" + json.dumps(entry))
+        out.write("\n]\n")
     return model, summary.summary(), summary.tracks(), sorted(missing), sorted(damaged)
 
 

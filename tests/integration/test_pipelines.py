@@ -16,6 +16,7 @@ import pytest
 
 from celery_worker.tasks.postprocess import widen
 from common.settings import Settings
+from tests.support import stack
 from tests.support.api import run_job, submit
 from tests.support.jobs import wait_for_job, wait_until
 
@@ -237,19 +238,12 @@ def test_a_worker_killed_mid_step_loses_no_job(
     api_client: Any, assets: Path, workers: dict[str, Any]
 ) -> None:
     """kill -9 of the inference process: RabbitMQ redelivers the step and the job completes."""
-    import os
-    import signal
-
-    import psutil
 
     response = submit(api_client, big_image(assets), {"pipeline": "detect", "image_size": 2048})
     job_id = response.json()["id"]
     get = lambda: api_client.get(f"/v1/jobs/{job_id}").json()  # noqa: E731
     wait_until(lambda: get()["step"] == "inference", 60, "inference to start")
-    children = psutil.Process(workers["inference"].pid).children(recursive=True)
-    assert children, "the prefork pool has a child process"
-    for child in children:
-        os.kill(child.pid, signal.SIGKILL)
+    stack.kill_pool(workers["inference"])
     job = wait_for_job(lambda _: get(), job_id, timeout=120)
     assert job["state"] == "succeeded", job["error"]
     result = api_client.get(f"/v1/jobs/{job_id}/result").json()

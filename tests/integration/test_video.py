@@ -8,8 +8,6 @@ and exercise the window. Videos are generated here (tests/support/videos.py).
 from __future__ import annotations
 
 import json
-import os
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ import numpy as np
 import pytest
 
 from celery_worker.imaging import widen
+from tests.support import stack
 from tests.support.api import submit
 from tests.support.jobs import wait_for_job, wait_until
 from tests.support.videos import (
@@ -282,7 +281,6 @@ def test_a_worker_killed_mid_video_loses_no_frame(
     api_client: Any, assets: Path, workers: dict[str, Any], stack_settings: Any, tmp_path: Path
 ) -> None:
     """kill -9 of the inference process mid-chunk: that chunk is redelivered, nothing lost."""
-    import psutil
     import redis
 
     source = tmp_path / "long.mp4"
@@ -304,10 +302,7 @@ def test_a_worker_killed_mid_video_loses_no_frame(
         return bool(progress and progress["frames_by_stage"]["inference"] >= 8)
 
     wait_until(inferring, 120, "the first chunk through inference")
-    children = psutil.Process(workers["inference"].pid).children(recursive=True)
-    assert children, "the prefork pool has a child process"
-    for child in children:
-        os.kill(child.pid, signal.SIGKILL)
+    stack.kill_pool(workers["inference"])
     job = wait_for_job(lambda _: watch(), job_id, timeout=300)
     assert job["state"] == "succeeded", job["error"]
 

@@ -111,6 +111,16 @@ def stop(process: subprocess.Popen[bytes], grace: float = 20) -> None:
         process.wait(10)
 
 
+def kill_pool(worker: subprocess.Popen[bytes]) -> None:
+    """kill -9 every pool process of a prefork worker (its master starts new ones)."""
+    import psutil
+
+    children = psutil.Process(worker.pid).children(recursive=True)
+    assert children, "the prefork pool has a child process"
+    for child in children:
+        os.kill(child.pid, signal.SIGKILL)
+
+
 def start_worker(queue: str, env: dict[str, str], logs: Path) -> subprocess.Popen[bytes]:
     return _spawn(
         [
