@@ -28,8 +28,8 @@ from api.errors import (
 from api.jobs import check_image, parse_request, refuse_if_unavailable, submit_image
 from api.services import Services
 from api.views import artifact_links, job_url
+from common.clock import now_iso
 from common.contract import TERMINAL_STATES
-from common.jobstore import now_iso
 
 # Zip members that are never images: folder entries and the litter of desktop zippers.
 _SKIP = ("__MACOSX/", ".DS_Store", "Thumbs.db")
@@ -76,7 +76,7 @@ def submit(
         "submitted_at": now_iso(),
         "members": members,
     }
-    svc.store.create_batch(batch)
+    svc.store.batches.create(batch)
     return batch
 
 
@@ -128,7 +128,7 @@ def _members(
 def view(svc: Services, batch: dict[str, Any]) -> dict[str, Any]:
     members = batch["members"]
     job_ids = [m["job_id"] for m in members if m["job_id"]]
-    states = dict(zip(job_ids, svc.store.states(job_ids), strict=True))
+    states = dict(zip(job_ids, svc.store.jobs.states(job_ids), strict=True))
     items = []
     for member in members:
         job_id = member["job_id"]
@@ -171,7 +171,7 @@ def view(svc: Services, batch: dict[str, Any]) -> dict[str, Any]:
 
 
 def get(svc: Services, batch_id: str) -> dict[str, Any]:
-    batch = svc.store.get_batch(batch_id)
+    batch = svc.store.batches.get(batch_id)
     if batch is None:
         raise NotFound(f"no batch {batch_id} (never submitted, or expired)")
     return batch
@@ -194,12 +194,12 @@ def archive(svc: Services, batch_id: str) -> IO[bytes]:
         for item in summary["items"]:
             folder = f"{item['index']:04d}-{PurePosixPath(item['filename']).stem[:60] or 'image'}"
             job_id = item["job_id"]
-            record = svc.store.get(job_id) if job_id else None
+            record = svc.store.jobs.get(job_id) if job_id else None
             if item["state"] != "succeeded" or record is None:
                 error = (record or {}).get("error") or item["error"] or item["state"]
                 bundle.writestr(f"{folder}/error.json", json.dumps({"error": error}, indent=1))
                 continue
-            result = svc.store.get_result(job_id)
+            result = svc.store.jobs.result(job_id)
             bundle.writestr(f"{folder}/result.json", json.dumps(result, indent=1))
             for link in artifact_links(job_id, record.get("artifacts") or []):
                 path = svc.storage.artifact_path(job_id, link["name"])

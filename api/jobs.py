@@ -9,16 +9,13 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import redis
-from celery.canvas import Signature
 from kombu.exceptions import OperationalError
 
-from api.chains import build_chain, build_video_start, step_task_ids
 from api.errors import (
     BadRequest,
     Conflict,
@@ -29,11 +26,13 @@ from api.errors import (
     UnsupportedMediaType,
 )
 from api.options import NON_OPTIONS, get_pipeline, resolve_options
+from api.pipelines import model_status
 from api.services import Services
+from api.views import job_view
 from common.callbacks import CallbackRefused, check_callback_url
 from common.catalogue import PipelineConfig
-from common.celery_app import HARD_LIMIT_GRACE_SECONDS
-from common.contract import ACTIVE_STATES, Payload
+from common.chains import build_start, step_task_ids
+from common.contract import ACTIVE_STATES
 from common.images import ImageHeader, ImageUnprocessable, NotAnImage, inspect_image
 from common.storage import StorageKeyError
 from common.videos import NotAVideo, VideoInfo, VideoUnprocessable, probe_video
@@ -150,38 +149,18 @@ def submit_image(
     svc: Services, request: Request, header: ImageHeader, stream: IO[bytes], filename: str
 ) -> dict[str, Any]:
     """Store, record and queue one checked image of a validated request; all or nothing."""
-    pipeline = request.pipeline
     input_info = _input_info("image", filename, header.content_type, header.format)
     input_info.update(width=header.width, height=header.height)
-
-    def start(job_id: str, input_key: str) -> Signature:
-        payload: Payload = {
-            **_first_payload(request, job_id, input_key),
-            "image": {"width": header.width, "height": header.height},
-        }
-        return build_chain(svc.celery, pipeline, payload, step_task_ids(job_id, pipeline))
-
-    return _enqueue(svc, request, stream, header.extension, input_info, start)
+    return _enqueue(svc, request, stream, header.extension, input_info)
 
 
 def submit_video(
     svc: Services, request: Request, info: VideoInfo, stream: IO[bytes], filename: str
 ) -> dict[str, Any]:
     """Store, record and queue one probed video; the workers split it into chunks."""
-    pipeline = request.pipeline
     input_info = _input_info("video", filename, info.content_type, info.container)
     input_info.update(width=info.width, height=info.height, video=info.as_dict())
-
-    def start(job_id: str, input_key: str) -> Signature:
-        payload: Payload = {
-            **_first_payload(request, job_id, input_key),
-            "kind": "video",
-            "video": info.as_dict(),
-            "render": pipeline.steps[-1].name,
-        }
-        return build_video_start(svc.celery, payload, step_task_ids(job_id, pipeline)[0])
-
-    return _enqueue(svc, request, stream, info.extension, input_info, start)
+    return _enqueue(svc, request, stream, info.extension, input_info)
 
 
 def _input_info(kind: str, filename: str, content_type: str, fmt: str) -> dict[str, Any]:
@@ -194,32 +173,25 @@ def _input_info(kind: str, filename: str, content_type: str, fmt: str) -> dict[s
     }
 
 
-def _first_payload(request: Request, job_id: str, input_key: str) -> Payload:
-    return {
-        "job_id": job_id,
-        "pipeline": request.pipeline.name,
-        "model_name": request.options["model"],
-        "options": request.options,
-        "input_key": input_key,
-    }
-
-
 def _enqueue(
     svc: Services,
     request: Request,
     stream: IO[bytes],
     extension: str,
     input_info: dict[str, Any],
-    start: Callable[[str, str], Signature],
 ) -> dict[str, Any]:
-    """Store the upload, record the job and publish its first step; all or nothing."""
+    """Store the upload, record the job and publish its first step; all or nothing.
+
+    The record notes the job unpublished until RabbitMQ confirmed the publish: if this
+    process dies in between, upkeep publishes it (``celery_worker.upkeep``).
+    """
     pipeline = request.pipeline
     job_id = uuid.uuid4().hex
     input_key = svc.storage.key(job_id, "input" + extension)
     try:
         size = svc.storage.write_stream(input_key, stream)
         stages = [(step.stage, step.queue) for step in pipeline.steps]
-        record = svc.store.create(
+        record = svc.store.jobs.create(
             job_id,
             pipeline.name,
             stages,
@@ -232,12 +204,13 @@ def _enqueue(
         svc.storage.remove_job(job_id)
         raise
     try:
-        start(job_id, input_key).apply_async()
+        build_start(svc.celery, pipeline, job_id, request.options, record["input"]).apply_async()
     except BaseException as exc:
         _rollback(svc, job_id)
         if isinstance(exc, OperationalError):
             raise ServiceUnavailable(f"the message broker does not answer: {exc}") from exc
         raise
+    svc.store.jobs.published(job_id)
     return record
 
 
@@ -257,38 +230,33 @@ def refuse_if_unavailable(svc: Services, pipeline: str, model: str) -> None:
         raise Conflict(f"pipeline {pipeline!r} with model {model!r} is unavailable: {reason}")
 
 
-def model_status(svc: Services, model: str) -> tuple[bool, str | None, bool]:
-    """(available on some worker, why not, whether any worker reported the model)."""
-    reasons = []
-    for worker in svc.store.workers():
-        status = (worker.get("models") or {}).get(model)
-        if status is None:
-            continue
-        if status.get("available"):
-            return True, None, True
-        reasons.append(status.get("reason") or "unavailable")
-    if reasons:
-        return False, reasons[0], True
-    return False, "no inference worker is online; jobs wait in the queue until one starts", False
-
-
 def get(svc: Services, job_id: str) -> dict[str, Any]:
-    record = svc.store.get(job_id)
+    """The job's record; reading never changes it (stuck jobs are failed by upkeep)."""
+    record = svc.store.jobs.get(job_id)
     if record is None:
         raise NotFound(f"no job {job_id} (never submitted, deleted, or expired)")
-    return svc.store.fail_if_stuck(record, stuck_after(svc))
+    return record
 
 
-def stuck_after(svc: Services) -> float:
-    """Seconds after which a running step is surely dead: past Celery's hard limit."""
-    return svc.settings.step_time_limit_seconds + HARD_LIMIT_GRACE_SECONDS + 30
+def page(svc: Services, state: str | None, limit: int, offset: int) -> dict[str, Any]:
+    """One page of jobs, newest first, with the total and a link to the next page."""
+    records, total = svc.store.jobs.page(state, limit, offset)
+    next_offset = offset + limit
+    query = f"limit={limit}&offset={next_offset}" + (f"&state={state}" if state else "")
+    return {
+        "items": [job_view(r) for r in records],
+        "total": total,
+        "limit": limit,
+        "offset": offset,
+        "next": f"/v1/jobs?{query}" if next_offset < total else None,
+    }
 
 
 def result(svc: Services, job_id: str) -> dict[str, Any]:
     record = get(svc, job_id)
     if record["state"] != "succeeded":
         raise Conflict(f"job {job_id} is {record['state']}; a result exists once it succeeded")
-    document = svc.store.get_result(job_id)
+    document = svc.store.jobs.result(job_id)
     if document is None:
         raise NotFound(f"the result of job {job_id} has expired")
     return document
@@ -311,10 +279,10 @@ def artifact_path(svc: Services, job_id: str, name: str) -> tuple[Path, str]:
 def delete(svc: Services, job_id: str) -> None:
     """Cancel an active job (record kept, marked cancelled) or delete a finished one."""
     record = get(svc, job_id)
-    if record["state"] in ACTIVE_STATES and svc.store.cancel(job_id):
+    if record["state"] in ACTIVE_STATES and svc.store.jobs.cancel(job_id):
         _revoke(svc, record.get("task_ids") or [])
     else:
-        svc.store.delete(job_id)
+        svc.store.jobs.delete(job_id)
     svc.storage.remove_job(job_id)
 
 
@@ -329,7 +297,7 @@ def _revoke(svc: Services, task_ids: list[str]) -> None:
 
 def _rollback(svc: Services, job_id: str) -> None:
     try:
-        svc.store.delete(job_id)
+        svc.store.jobs.delete(job_id)
     except redis.RedisError:
         log.exception("could not remove the record of job %s after a failed publish", job_id)
     svc.storage.remove_job(job_id)

@@ -11,7 +11,8 @@ from typing import Any
 
 from api.errors import BadRequest
 from common.catalogue import Catalogue, PipelineConfig
-from common.contract import Option
+from common.settings import parse_bool
+from common.steps import Option
 
 # Multipart fields that are not options.
 NON_OPTIONS = frozenset({"file", "pipeline", "callback_url"})
@@ -57,7 +58,7 @@ def _coerce(option: Option, value: Any) -> Any:
     """Form fields may arrive as strings; turn them into the option's type and check bounds."""
     try:
         if option.type == "boolean":
-            coerced: Any = value if isinstance(value, bool) else _parse_bool(str(value))
+            coerced: Any = value if isinstance(value, bool) else parse_bool(str(value))
         elif option.type == "integer":
             coerced = int(value)
         elif option.type == "number":
@@ -75,12 +76,3 @@ def _coerce(option: Option, value: Any) -> Any:
     if option.enum is not None and coerced not in option.enum:
         raise BadRequest(f"option {option.name!r} must be one of {', '.join(option.enum)}")
     return coerced
-
-
-def _parse_bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("true", "1", "yes", "on"):
-        return True
-    if lowered in ("false", "0", "no", "off"):
-        return False
-    raise ValueError(text)

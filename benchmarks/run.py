@@ -14,7 +14,6 @@ Stdlib and Pillow only. The figures depend on the machine: quote ratios from one
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import io
 import json
 import platform
@@ -25,7 +24,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from common.settings import REPO_ROOT, Settings
+
+RESULTS = REPO_ROOT / "benchmarks" / "results"
 
 
 def request(
@@ -78,10 +79,9 @@ def one_megabyte_jpeg() -> bytes:
 
 
 def assets() -> Path:
-    spec = importlib.util.find_spec("ultralytics")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("run with the project's venv: ultralytics ships the sample photos")
-    return Path(next(iter(spec.submodule_search_locations))) / "assets"
+    from celery_worker.samples import ultralytics_assets
+
+    return ultralytics_assets()
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -186,7 +186,8 @@ def batch_end_to_end(api: str, pipeline: str, count: int) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--api", default="http://127.0.0.1:8000")
+    bind = Settings.from_env().api_bind.replace("0.0.0.0", "127.0.0.1")
+    parser.add_argument("--api", default=f"http://{bind}")
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--posts", type=int, default=50)
     parser.add_argument("--pipelines", nargs="*", help="only these (default: all available)")

@@ -6,7 +6,7 @@
 Start the stack first (`make start`: one worker per queue, so ONE inference worker).
 
 1. Makes the test video: a real face (cut from ultralytics' zidane.jpg) sliding across
-   a textured background (tests/support/videos.py), H.264 MP4, 30 s of 720p at 30 fps
+   a textured background (celery_worker/samples.py), H.264 MP4, 30 s of 720p at 30 fps
    by default (900 frames).
 2. Service: POST /v1/jobs, poll every 0.2 s until it succeeded; end-to-end frames per
    second = frames / (succeeded - POST). Also the worker seconds per stage.
@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 import urllib.request
@@ -34,12 +33,9 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("YOLO_OFFLINE", "1")
-os.environ.setdefault("YOLO_AUTOINSTALL", "0")
+from common.settings import REPO_ROOT, Settings
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = REPO_ROOT / "benchmarks" / "results"
 
 
 def request(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None) -> Any:
@@ -70,14 +66,9 @@ def post_video(api: str, path: Path, fields: dict[str, str]) -> dict[str, Any]:
 
 
 def make_video(path: Path, seconds: float, fps: int, size: tuple[int, int]) -> None:
-    import importlib.util
+    from celery_worker.samples import face_crop, sliding_face, ultralytics_assets
 
-    from tests.support.videos import face_crop, sliding_face
-
-    spec = importlib.util.find_spec("ultralytics")
-    assert spec is not None and spec.submodule_search_locations
-    assets = Path(next(iter(spec.submodule_search_locations))) / "assets"
-    sliding_face(path, face_crop(assets), seconds=seconds, fps=fps, size=size)
+    sliding_face(path, face_crop(ultralytics_assets()), seconds=seconds, fps=fps, size=size)
 
 
 def service(api: str, path: Path, pipeline: str) -> dict[str, Any]:
@@ -119,15 +110,14 @@ def baseline(path: Path, pipeline: str) -> dict[str, Any]:
     """Decode -> model -> draw/blur -> encode, one frame at a time, one process."""
     import av
 
-    from celery_worker.framewise import detect_frames
     from celery_worker.models import ModelRegistry, configure_ultralytics, specs_from
     from celery_worker.render import render_frame
-    from celery_worker.video import encode_segment
+    from celery_worker.video.encode import encode_segment
+    from celery_worker.video.frames import detect_frames
     from common.catalogue import load_catalogue
-    from common.settings import Settings
 
     settings = Settings.from_env()
-    configure_ultralytics(ROOT / "var" / "ultralytics")
+    configure_ultralytics(settings.resolve(settings.ultralytics_dir))
     catalogue = load_catalogue(settings)
     config = catalogue.pipelines[pipeline]
     options = config.defaults()
@@ -154,7 +144,8 @@ def baseline(path: Path, pipeline: str) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--api", default="http://127.0.0.1:8000")
+    bind = Settings.from_env().api_bind.replace("0.0.0.0", "127.0.0.1")
+    parser.add_argument("--api", default=f"http://{bind}")
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--size", default="1280x720")
     parser.add_argument("--fps", type=int, default=30)
@@ -192,7 +183,7 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"video-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps(report, indent=2))
-    print(f"saved {out.relative_to(ROOT)}")
+    print(f"saved {out.relative_to(REPO_ROOT)}")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,14 @@
-"""What a step needs, built once per worker process from the one Settings object."""
+"""What a step needs, built once per worker process from its app's one Settings object."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from celery import Celery
+
 from celery_worker.models import ModelRegistry, configure_ultralytics, specs_from
-from common.catalogue import load_catalogue
+from common.catalogue import Catalogue, load_catalogue
+from common.contract import QUEUE_NOTIFY, TASK_NOTIFY
 from common.jobstore import JobStore
 from common.settings import Settings
 from common.storage import Storage
@@ -14,19 +17,29 @@ from common.storage import Storage
 @dataclass
 class WorkerContext:
     settings: Settings
+    catalogue: Catalogue
     store: JobStore
     storage: Storage
     models: ModelRegistry
+    celery: Celery  # the worker's own app: publishes chunks, finishing steps, callbacks
 
     @classmethod
-    def build(cls, settings: Settings) -> WorkerContext:
+    def build(cls, settings: Settings, celery: Celery) -> WorkerContext:
         """No connection is opened here; Redis connects on first use (after fork)."""
-        configure_ultralytics(settings.resolve(settings.storage_dir).parent / "ultralytics")
+        configure_ultralytics(settings.resolve(settings.ultralytics_dir))
+        catalogue = load_catalogue(settings)
         return cls(
             settings=settings,
+            catalogue=catalogue,
             store=JobStore.from_url(
                 settings.redis_url, settings.redis_prefix, settings.job_ttl_seconds
             ),
             storage=Storage(settings.resolve(settings.storage_dir)),
-            models=ModelRegistry(specs_from(load_catalogue(settings).models), settings.device),
+            models=ModelRegistry(specs_from(catalogue.models), settings.device),
+            celery=celery,
         )
+
+    def notify(self, job_id: str) -> None:
+        """Queue the job's callback, if it asked for one (sent by ``tasks.notify``)."""
+        if self.store.jobs.callback_url(job_id):
+            self.celery.send_task(TASK_NOTIFY, args=(job_id,), queue=QUEUE_NOTIFY)

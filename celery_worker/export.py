@@ -12,19 +12,21 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import shutil
 from pathlib import Path
 
 from dotenv import set_key
 
-from common.settings import REPO_ROOT
+from celery_worker.models import configure_ultralytics
+from common.settings import REPO_ROOT, Settings
 
 
-def export_onnx(weights: Path, imgsz: int = 640, out: Path | None = None) -> Path:
+def export_onnx(
+    weights: Path, imgsz: int = 640, out: Path | None = None, settings: Settings | None = None
+) -> Path:
     """Write ``weights`` as ONNX (next to it unless ``out``); returns the new file."""
-    os.environ.setdefault("YOLO_OFFLINE", "1")
-    os.environ.setdefault("YOLO_AUTOINSTALL", "0")
+    settings = settings or Settings.from_env()
+    configure_ultralytics(settings.resolve(settings.ultralytics_dir))
     from ultralytics import YOLO
 
     if not weights.is_file():

@@ -13,11 +13,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from celery_worker.detections import Detections
 from celery_worker.errors import InputError
 from common.contract import Letterbox
 from common.images import ImageRejected, inspect_image
 
 PAD_VALUE = 114
+# MTCNN's cost grows with the pixel count; larger pictures are searched at this size
+# and the boxes scaled back, which still finds faces down to ~20 px in the original.
+FACES_MAX_SIDE = 1600
 
 
 def decode_image(path: Path, max_pixels: int) -> np.ndarray:
@@ -96,19 +100,18 @@ def widen(boxes: np.ndarray, margin: float, width: int, height: int) -> np.ndarr
 
 
 def draw_detections(
-    image: np.ndarray,
-    boxes: np.ndarray,
-    labels: list[str],
-    draw_labels: bool = True,
+    image: np.ndarray, detections: Detections, draw_labels: bool = True
 ) -> np.ndarray:
     """A copy of ``image`` with each box drawn (and its label, ASCII, with cv2's own font)."""
     canvas = image.copy()
     thickness = max(1, round(sum(canvas.shape[:2]) / 600))
-    for index, (box, label) in enumerate(zip(boxes, labels, strict=True)):
-        colour = colour_for(label.split(" ")[0]) if label else _colour(index)
+    for box, name, label in zip(
+        detections.xyxy, detections.class_name, detections.labels(), strict=True
+    ):
+        colour = colour_for(name)
         x1, y1, x2, y2 = (round(float(v)) for v in box)
         cv2.rectangle(canvas, (x1, y1), (x2, y2), colour, thickness, cv2.LINE_AA)
-        if draw_labels and label:
+        if draw_labels:
             text = label.encode("ascii", "replace").decode()
             scale = thickness / 3
             (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
@@ -129,10 +132,6 @@ def draw_detections(
 
 def colour_for(class_name: str) -> tuple[int, int, int]:
     """One colour per class name, the same in every process (str hash is salted)."""
-    return _colour(zlib.crc32(class_name.encode()))
-
-
-def _colour(seed: int) -> tuple[int, int, int]:
     palette = [
         (56, 56, 255),
         (151, 157, 255),
@@ -145,7 +144,7 @@ def _colour(seed: int) -> tuple[int, int, int]:
         (52, 147, 26),
         (187, 212, 0),
     ]
-    return palette[seed % len(palette)]
+    return palette[zlib.crc32(class_name.encode()) % len(palette)]
 
 
 def hide_regions(image: np.ndarray, boxes: np.ndarray, method: str, strength: int) -> np.ndarray:
@@ -179,6 +178,16 @@ def _pixelate(region: np.ndarray, strength: int) -> np.ndarray:
     small_h = max(1, min(height, round(blocks * height / width)))
     small = cv2.resize(region, (small_w, small_h), interpolation=cv2.INTER_AREA)
     return cv2.resize(small, (width, height), interpolation=cv2.INTER_NEAREST)
+
+
+def faces_input(image: np.ndarray) -> tuple[np.ndarray, float]:
+    """What MTCNN is given for a BGR picture: RGB, at most ``FACES_MAX_SIDE``; and the scale."""
+    height, width = image.shape[:2]
+    scale = min(1.0, FACES_MAX_SIDE / max(height, width))
+    if scale < 1.0:
+        size = (round(width * scale), round(height * scale))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB), scale
 
 
 def encode(image: np.ndarray, fmt: str) -> bytes:

@@ -77,17 +77,6 @@ def rle(mask: np.ndarray) -> dict[str, Any]:
     return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": counts}
 
 
-def decode_rle(document: dict[str, Any]) -> np.ndarray:
-    height, width = document["size"]
-    values = np.zeros(height * width, dtype=bool)
-    position, value = 0, False
-    for count in document["counts"]:
-        values[position : position + count] = value
-        position += count
-        value = not value
-    return values.reshape((height, width), order="F")
-
-
 def empty_label_map(count: int, height: int, width: int) -> np.ndarray:
     """Zeros, 8-bit for up to 255 instances, else 16-bit."""
     return np.zeros((height, width), dtype=np.uint8 if count < 256 else np.uint16)

@@ -40,7 +40,30 @@ class LoadedModel:
     spec: ModelSpec
     model: Any
     device: str
-    info: dict[str, Any]
+    info: dict[str, Any]  # what the heartbeat reports and results name (with "names")
+
+    @property
+    def names(self) -> dict[int, str]:
+        """Class id -> name (the checkpoint's, with the models file's overrides)."""
+        names: dict[int, str] = self.info.get("names", {})
+        return names
+
+    def report(self) -> dict[str, Any]:
+        """What a result says of the model: its info without the class names."""
+        return {k: v for k, v in self.info.items() if k != "names"}
+
+
+def yolo_arguments(options: dict[str, Any], device: str) -> dict[str, Any]:
+    """Ultralytics ``predict`` keywords from a job's options (images and videos alike)."""
+    return {
+        "imgsz": int(options["image_size"]),
+        "conf": float(options["confidence"]),
+        "iou": float(options["iou"]),
+        "max_det": int(options["max_detections"]),
+        "classes": options.get("classes") or None,
+        "device": device,
+        "verbose": False,
+    }
 
 
 def pick_device(preference: str) -> str:
@@ -72,7 +95,6 @@ class ModelRegistry:
         self.specs = specs
         self.device_preference = device_preference
         self._loaded: dict[str, LoadedModel] = {}
-        self._errors: dict[str, str] = {}
 
     def get(self, name: str) -> LoadedModel:
         if name in self._loaded:
@@ -87,10 +109,7 @@ class ModelRegistry:
             )
         preference = spec.config.device if spec.config and spec.config.device else None
         device = pick_device(preference or self.device_preference)
-        try:
-            loaded: LoadedModel = spec.loader(spec, device)
-        except (OSError, RuntimeError, ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise ModelUnavailable(f"model {name!r} failed to load: {exc}") from exc
+        loaded: LoadedModel = spec.loader(spec, device)  # ModelUnavailable for bad weights
         self._loaded[name] = loaded
         log.info("loaded model %s on %s: %s", name, device, loaded.info)
         return loaded
@@ -101,9 +120,7 @@ class ModelRegistry:
         for name in self.specs:
             try:
                 report[name] = {"available": True, **self.get(name).info}
-                self._errors.pop(name, None)
             except ModelUnavailable as exc:
-                self._errors[name] = str(exc)
                 report[name] = {"available": False, "reason": str(exc)}
                 log.warning("%s", exc)
         return report
@@ -127,11 +144,21 @@ def specs_from(models: dict[str, ModelConfig]) -> dict[str, ModelSpec]:
 
 
 def configure_ultralytics(config_dir: Path) -> None:
-    """Ultralytics' offline switches; must run before ``import ultralytics``."""
+    """Ultralytics' offline switches, the one place they are set; before ``import ultralytics``.
+
+    No network look-ups at import, no pip installs, settings in ``config_dir``
+    (``CV_ULTRALYTICS_DIR``) unless the environment names another.
+    """
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("YOLO_AUTOINSTALL", "0")
     os.environ.setdefault("YOLO_CONFIG_DIR", str(config_dir))
     Path(os.environ["YOLO_CONFIG_DIR"]).mkdir(parents=True, exist_ok=True)
+
+
+# What Ultralytics and ONNX Runtime raise for a weights file they cannot use: TypeError
+# ("not a loadable checkpoint", its own wording for empty, truncated or foreign files),
+# RuntimeError (torch's zip reader, ONNX Runtime), OSError and ValueError.
+WEIGHTS_ERRORS = (TypeError, RuntimeError, OSError, ValueError)
 
 
 def load_yolo(spec: ModelSpec, device: str) -> LoadedModel:
@@ -139,8 +166,11 @@ def load_yolo(spec: ModelSpec, device: str) -> LoadedModel:
     assert spec.weights is not None
     from ultralytics import YOLO
 
-    model = YOLO(str(spec.weights), task=spec.task)
-    model.predict(np.zeros((64, 64, 3), dtype=np.uint8), imgsz=64, device=device, verbose=False)
+    try:
+        model = YOLO(str(spec.weights), task=spec.task)
+        model.predict(np.zeros((64, 64, 3), np.uint8), imgsz=64, device=device, verbose=False)
+    except WEIGHTS_ERRORS as exc:
+        raise ModelUnavailable(f"model {spec.name!r} failed to load: {exc}") from exc
     if spec.weights.suffix == ".onnx" and device == "cpu":
         _stop_onnx_spinning(model, spec.weights)
     names = {int(k): str(v) for k, v in model.names.items()}
@@ -207,8 +237,11 @@ def load_mtcnn(spec: ModelSpec, device: str) -> LoadedModel:
     import facenet_pytorch
     from facenet_pytorch import MTCNN
 
-    model = MTCNN(keep_all=True, device=device)
-    model.detect(np.zeros((64, 64, 3), dtype=np.uint8))
+    try:
+        model = MTCNN(keep_all=True, device=device)
+        model.detect(np.zeros((64, 64, 3), dtype=np.uint8))
+    except (RuntimeError, OSError) as exc:  # its wheel's weights missing or unreadable
+        raise ModelUnavailable(f"model {spec.name!r} failed to load: {exc}") from exc
     data_dir = Path(facenet_pytorch.__file__).parent / "data"
     weights = sorted(data_dir.glob("[por]net.pt"))
     info = {

@@ -3,7 +3,7 @@
 The models file declares every model a worker may load (name, task, weights,
 format, input size, default thresholds, class-name override, device, batch
 size). The pipelines file declares every pipeline as an ordered list of
-registered steps (``common.contract.STEPS``), a default model and option
+registered steps (``common.steps.STEPS``), a default model and option
 defaults. Adding a pipeline that reuses existing steps is an edit of that file
 and an API restart; workers need no change.
 
@@ -23,8 +23,9 @@ from typing import Any
 
 import yaml
 
-from common.contract import MODEL_TASKS, STAGES, STEPS, VIDEO_STEP, Option, StepDef
+from common.contract import MODEL_TASKS, STAGES
 from common.settings import Settings
+from common.steps import STEPS, VIDEO_STEP, Option, StepDef
 
 FORMATS = {".pt": "pt", ".onnx": "onnx", ".engine": "engine"}
 _VAR = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")

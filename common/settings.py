@@ -1,12 +1,14 @@
 """One Settings object per process, read from the environment (and `.env`).
 
 Both the API and the workers build it once in their factory and pass it down;
-nothing else reads ``os.environ`` for configuration.
+nothing else reads ``os.environ`` for configuration. The shell scripts read what
+they need through the same parser: ``python -m common.settings api_bind``.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -32,10 +34,18 @@ class Settings:
     models_file: Path = Path("config/models.yaml")
     pipelines_file: Path = Path("config/pipelines.yaml")
     device: str = "auto"
+    # Ultralytics' settings directory (YOLO_CONFIG_DIR); it never downloads anything.
+    ultralytics_dir: Path = Path("var/ultralytics")
+    # Where `make models` downloads the official weights from (a mirror inside your network).
+    weights_base_url: str = "https://github.com/ultralytics/assets/releases/download/v8.3.0"
     # CPU threads of PyTorch in each inference process (0: PyTorch's default, one per
     # core). Running N inference processes on one CPU host, give each cores / N: two
     # processes of 2 threads on 2 cores ran a video 7x slower than one (threads spin-wait).
     torch_threads: int = 0
+    # Inference processes `make start` runs (celery -c).
+    inference_processes: int = 1
+    # Where `make start` binds the API.
+    api_bind: str = "127.0.0.1:8000"
     max_upload_bytes: int = 25 * 1024 * 1024
     max_image_pixels: int = 40_000_000
     # A batch request (all files, or the zip, together) and its number of images.
@@ -57,6 +67,9 @@ class Settings:
     publish_timeout_seconds: float = 2.0
     # Seconds a worker's model report stays valid without a refresh.
     worker_heartbeat_seconds: int = 30
+    # Seconds between upkeep runs (expired files, stuck jobs, unpublished jobs), done by
+    # whichever worker claims the period first.
+    upkeep_seconds: float = 60
     # Callbacks: loopback receivers allowed? Only these hosts/CIDRs (comma list; empty: any)?
     callback_allow_loopback: bool = False
     callback_hosts: str = ""
@@ -100,10 +113,34 @@ def _convert(name: str, type_name: object, raw: str) -> object:
         if type_name in ("Path", Path):
             return Path(raw)
         if type_name in ("bool", bool):
-            lowered = raw.strip().lower()
-            if lowered not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-                raise ValueError("expected true or false")
-            return lowered in ("1", "true", "yes", "on")
+            return parse_bool(raw)
     except ValueError as exc:
         raise SettingsError(f"CV_{name.upper()}={raw!r}: {exc}") from exc
     return raw
+
+
+def parse_bool(text: str) -> bool:
+    """``true``/``1``/``yes``/``on`` or ``false``/``0``/``no``/``off``, any case."""
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, not {text!r}")
+
+
+def main(argv: list[str]) -> int:
+    """Print settings by field name, one per line, for the shell scripts."""
+    settings = Settings.from_env()
+    names = {spec.name for spec in fields(Settings)} - {"environ"}
+    unknown = [name for name in argv if name not in names]
+    if not argv or unknown:
+        print(f"usage: python -m common.settings NAME...; names: {', '.join(sorted(names))}")
+        return 2
+    for name in argv:
+        print(getattr(settings, name))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,8 +1,8 @@
 # Celery workers (all three queues use this image; the command picks the queue).
 # torch 2.14.1 from PyPI is a CUDA build that also runs on the CPU, so one image serves both.
 FROM python:3.11-slim
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
-    YOLO_OFFLINE=1 YOLO_AUTOINSTALL=0 YOLO_CONFIG_DIR=/tmp/ultralytics
+# The workers set Ultralytics' offline switches themselves (celery_worker/models.py).
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 CV_ULTRALYTICS_DIR=/tmp/ultralytics
 WORKDIR /app
 # libGL and glib for opencv-python (the non-headless wheel ultralytics depends on).
 RUN apt-get update && apt-get install -y --no-install-recommends libgl1 libglib2.0-0 \

@@ -7,23 +7,26 @@ bus.jpg), plus a sample video it makes (a real face from zidane.jpg sliding acro
 the frame, 6 s at 15 fps; `--no-video` skips it). Every file goes to `blur-faces`,
 and to `detect` when the workers have YOLO weights. Progress is printed as each job
 moves through its steps (for the video: frames done, percent, ETA); results and
-artifacts land in `<out>/<job id>-<pipeline>-<file>/`. Stdlib only, apart from making
-the sample video (PyAV, OpenCV: tests/support/videos.py).
+artifacts land in `<out>/<job id>-<pipeline>-<file>/`. The HTTP client is the stdlib;
+the sample video is made with ``celery_worker.samples`` (PyAV, OpenCV). The API's
+address comes from ``CV_API_BIND`` (``common.settings``), the output folder is under
+the repository whatever the current directory.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import mimetypes
-import sys
 import time
 import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
+
+from celery_worker.samples import face_crop, sliding_face, ultralytics_assets
+from common.settings import REPO_ROOT, Settings
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 POLL_SECONDS = 0.2
@@ -118,22 +121,15 @@ def save(api: str, job: dict[str, Any], folder: Path) -> dict[str, Any]:
 
 
 def sample_photos() -> list[Path]:
-    spec = importlib.util.find_spec("ultralytics")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("ultralytics is not installed here; run `make install` or name photos")
-    assets = Path(next(iter(spec.submodule_search_locations))) / "assets"
+    assets = ultralytics_assets()
     return [assets / "zidane.jpg", assets / "bus.jpg"]
 
 
 def sample_video(folder: Path) -> Path:
     """A real face sliding across the frame (made here: no video ships with the repo)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from tests.support.videos import face_crop, sliding_face
-
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "sample-face.mp4"
-    assets = sample_photos()[0].parent
-    sliding_face(path, face_crop(assets), seconds=6, fps=15, size=(640, 360))
+    sliding_face(path, face_crop(ultralytics_assets()), seconds=6, fps=15, size=(640, 360))
     return path
 
 
@@ -158,8 +154,9 @@ def describe(result: dict[str, Any]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--api", default="http://127.0.0.1:8000")
-    parser.add_argument("--out", default="demo-output", type=Path)
+    bind = Settings.from_env().api_bind.replace("0.0.0.0", "127.0.0.1")
+    parser.add_argument("--api", default=f"http://{bind}")
+    parser.add_argument("--out", default=REPO_ROOT / "demo-output", type=Path)
     parser.add_argument("--no-video", action="store_true", help="skip the sample video")
     parser.add_argument("photos", nargs="*", type=Path, help="images or videos")
     args = parser.parse_args()
@@ -212,4 +209,4 @@ Stop everything with:            make stop""")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

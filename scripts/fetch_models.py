@@ -4,7 +4,8 @@
 
 Needs the internet (the Ultralytics release assets). On an offline host it
 fails with a message saying what to copy where; it never writes a partial file.
-Set CV_WEIGHTS_BASE_URL to use a mirror inside your network.
+Set CV_WEIGHTS_BASE_URL to use a mirror inside your network; files go to
+CV_MODELS_DIR (``models/``) unless ``--dest`` says otherwise.
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import sys
 import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-BASE_URL = "https://github.com/ultralytics/assets/releases/download/v8.3.0"
+from common.settings import Settings
+
 DEFAULT = ("yolov8n.pt", "yolo11n-seg.pt")
 
 
@@ -49,14 +50,14 @@ def fetch(name: str, dest: Path, base_url: str, timeout: float = 30) -> Path:
 
 
 def main() -> None:
+    settings = Settings.from_env()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dest", type=Path, default=Path("models"))
+    parser.add_argument("--dest", type=Path, default=settings.resolve(settings.models_dir))
     parser.add_argument("names", nargs="*", default=list(DEFAULT))
     args = parser.parse_args()
-    base_url = os.environ.get("CV_WEIGHTS_BASE_URL") or BASE_URL
     for name in args.names:
-        fetch(name, args.dest, base_url)
+        fetch(name, args.dest, settings.weights_base_url)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

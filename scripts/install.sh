@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Creates .venv and installs the Python packages of the API, the workers and the tests.
-# Idempotent: skipped when the requirements files have not changed since the last install.
+# Creates .venv and installs the Python packages of the API, the workers and the tests, and
+# this project itself (editable: api, common, celery_worker import from any directory).
+# Idempotent: skipped when the requirements files and pyproject.toml have not changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,7 +9,7 @@ PYTHON=${PYTHON:-python3}
 VENV=.venv
 STAMP=$VENV/.installed
 REQS=(requirements-api.txt requirements-worker.txt requirements-dev.txt requirements-worker-nodeps.txt)
-want=$(cat "${REQS[@]}" | sha256sum | cut -d' ' -f1)
+want=$(cat "${REQS[@]}" pyproject.toml | sha256sum | cut -d' ' -f1)
 
 if [[ -f $STAMP && $(cat "$STAMP") == "$want" ]]; then
     echo "install: .venv is up to date"
@@ -36,9 +37,14 @@ echo "install: Python packages into $VENV (a few minutes the first time: torch i
     -r requirements-dev.txt 2>&1 | quiet
 # facenet-pytorch's metadata pins an old torch; its MTCNN runs on ours (see the file).
 "$VENV/bin/python" -m pip install -q --no-deps -r requirements-worker-nodeps.txt 2>&1 | quiet
+# The project itself, editable: its packages import from any directory.
+"$VENV/bin/python" -m pip install -q --no-deps -e . 2>&1 | quiet
 mkdir -p var/ultralytics
-if ! out=$(YOLO_OFFLINE=1 YOLO_CONFIG_DIR=var/ultralytics "$VENV/bin/python" -c \
-        'import celery, connexion, cv2, facenet_pytorch, torch, ultralytics' 2>&1); then
+# From another directory, so the project's own packages must come from the install.
+python=$PWD/$VENV/bin/python
+if ! out=$(cd / && YOLO_OFFLINE=1 YOLO_CONFIG_DIR=$OLDPWD/var/ultralytics "$python" -c \
+        'import celery, connexion, cv2, facenet_pytorch, torch, ultralytics, api, celery_worker' \
+        2>&1); then
     echo "$out" >&2
     echo "install: the packages installed but do not import" >&2
     exit 1

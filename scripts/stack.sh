@@ -11,12 +11,14 @@ BIN=$ROOT/.venv/bin
 QUEUES=(preprocess inference postprocess notify)
 mkdir -p "$RUN" "$LOG"
 
-# The processes read .env themselves (common/settings.py), with the environment winning;
-# only the bind address is needed here.
-env_bind=$(sed -n 's/^CV_API_BIND=//p' .env 2>/dev/null | tail -n 1)
-BIND=${CV_API_BIND:-${env_bind:-127.0.0.1:8000}}
+# Every setting is read by common/settings.py (.env under the environment); the processes
+# read their own, this script asks it for the two it needs.
+BIND=127.0.0.1:8000 INFERENCE_PROCESSES=1  # `make stop` may run before any install
+if [[ -x $BIN/python ]]; then
+    { read -r BIND; read -r INFERENCE_PROCESSES; } < <("$BIN/python" -m common.settings \
+        api_bind inference_processes)
+fi
 URL="http://${BIND/0.0.0.0/127.0.0.1}"
-export YOLO_CONFIG_DIR=${YOLO_CONFIG_DIR:-$ROOT/var/ultralytics} YOLO_OFFLINE=1 YOLO_AUTOINSTALL=0
 
 alive() { [[ -f $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
 # The processes that died (a gunicorn master whose app failed to import removes its pidfile).
@@ -49,7 +51,7 @@ start() {
         pool=(-P prefork -c 1)
         [[ $queue == notify ]] && pool=(-P threads -c 8)
         # More inference processes on a CPU host: set CV_TORCH_THREADS to cores / processes.
-        [[ $queue == inference ]] && pool=(-P prefork -c "${CV_INFERENCE_PROCESSES:-1}")
+        [[ $queue == inference ]] && pool=(-P prefork -c "$INFERENCE_PROCESSES")
         "$BIN/celery" --workdir "$ROOT" -A celery_worker.app worker -Q "$queue" \
             -n "$queue@%h" "${pool[@]}" --without-mingle --without-gossip --loglevel INFO \
             --pidfile "$RUN/worker-$queue.pid" --logfile "$LOG/worker-$queue.log" --detach

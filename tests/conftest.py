@@ -6,13 +6,6 @@ them; every process they start is stopped at the end of the session.
 
 from __future__ import annotations
 
-import os
-
-# Before anything imports ultralytics: no network look-ups, no pip installs from tests.
-os.environ.setdefault("YOLO_OFFLINE", "1")
-os.environ.setdefault("YOLO_AUTOINSTALL", "0")
-
-import importlib.util
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +14,9 @@ from typing import Any
 import pytest
 import redis
 
+from celery_worker.models import configure_ultralytics
+from celery_worker.samples import ultralytics_assets
+from common.contract import QUEUES
 from common.settings import Settings
 from tests.support import stack
 from tests.support.jobs import wait_until
@@ -32,13 +28,14 @@ UNREACHABLE = {
 }
 NO_ENV_FILE = Path("/nonexistent/.env")
 
+# Before anything imports ultralytics: no network look-ups, no pip installs from tests.
+configure_ultralytics(Settings().resolve(Settings().ultralytics_dir))
+
 
 @pytest.fixture(scope="session")
 def assets() -> Path:
     """Real photos shipped inside the ultralytics wheel (found without importing it)."""
-    spec = importlib.util.find_spec("ultralytics")
-    assert spec is not None and spec.submodule_search_locations
-    return Path(next(iter(spec.submodule_search_locations))) / "assets"
+    return ultralytics_assets()
 
 
 @pytest.fixture
@@ -111,7 +108,7 @@ def workers(
 
     logs = stack_dir / "logs"
     logs.mkdir(exist_ok=True)
-    processes = {q: stack.start_worker(q, stack_env, logs) for q in stack.QUEUES}
+    processes = {q: stack.start_worker(q, stack_env, logs) for q in QUEUES}
     store = JobStore.from_url(stack_settings.redis_url, stack_settings.redis_prefix, 60)
     try:
 
@@ -120,7 +117,7 @@ def workers(
                 if process.poll() is not None:
                     log = (logs / f"worker-{queue}.log").read_text()[-3000:]
                     raise RuntimeError(f"worker {queue} exited: {log}")
-            reports = store.workers()
+            reports = store.workers.alive()
             return bool(reports) and all(
                 m.get("available") for r in reports for m in r["models"].values()
             )

@@ -23,7 +23,7 @@ def ready() -> tuple[dict[str, Any], int, dict[str, str]]:
     ok = all(check["ok"] for check in checks.values())
     body: dict[str, Any] = {"status": "ok" if ok else "unavailable", "checks": checks}
     if checks["redis"]["ok"]:
-        body["workers"] = svc.store.workers()
+        body["workers"] = svc.store.workers.alive()
     return body, 200 if ok else 503, JSON
 
 

@@ -28,19 +28,7 @@ def get_job(job_id: str) -> Response:
 
 
 def list_jobs(state: str | None = None, limit: int = 50, offset: int = 0) -> Response:
-    svc = services()
-    records, total = svc.store.page(state, limit, offset)
-    records = [svc.store.fail_if_stuck(r, jobs.stuck_after(svc)) for r in records]
-    next_offset = offset + limit
-    query = f"limit={limit}&offset={next_offset}" + (f"&state={state}" if state else "")
-    page = {
-        "items": [job_view(r) for r in records],
-        "total": total,
-        "limit": limit,
-        "offset": offset,
-        "next": f"/v1/jobs?{query}" if next_offset < total else None,
-    }
-    return page, 200, JSON
+    return jobs.page(services(), state, limit, offset), 200, JSON
 
 
 def delete_job(job_id: str) -> Response:

@@ -1,1 +1,1 @@
-"""One module per queue; ``steps.job_step`` gives every task the same job bookkeeping."""
+"""One module per queue; ``celery_worker.task`` gives every task the same job bookkeeping."""

@@ -1,27 +1,37 @@
-"""The ``inference`` queue (the GPU worker; CPU where there is none)."""
+"""The ``inference`` queue (the GPU worker; CPU where there is none).
+
+Every model's output becomes ``Detections`` here, at the adapter
+(``celery_worker.adapters``), in pixels of the original picture; the payload
+carries them on as JSON.
+"""
 
 from __future__ import annotations
 
+import json
+import time
 from typing import Any
 
 import numpy as np
 
-from celery_worker.adapters import from_mtcnn, from_ultralytics
+from celery_worker.adapters import from_mtcnn, from_yolo, yolo_masks
 from celery_worker.context import WorkerContext
-from celery_worker.errors import InputError, ModelUnavailable
-from celery_worker.framewise import yolo_arguments
+from celery_worker.errors import ChunkAlreadyDone, InputError, ModelUnavailable
 from celery_worker.masks import pack
-from celery_worker.models import LoadedModel
-from celery_worker.steps import job_step
+from celery_worker.models import LoadedModel, yolo_arguments
+from celery_worker.task import chunk_step, job_step
+from celery_worker.video.chunks import chunk_finished, work_key
+from celery_worker.video.frames import detect_frames
 from common.contract import (
     TASK_INFER_DETECT,
     TASK_INFER_FACES,
     TASK_INFER_SEGMENT,
-    Payload,
+    TASK_INFER_VIDEO_CHUNK,
+    ChunkPayload,
+    ImagePayload,
 )
 
 
-def _model_input(ctx: WorkerContext, payload: Payload) -> np.ndarray:
+def _model_input(ctx: WorkerContext, payload: ImagePayload) -> np.ndarray:
     try:
         array: np.ndarray = np.load(
             ctx.storage.path(payload["model_input_key"]), allow_pickle=False
@@ -31,52 +41,97 @@ def _model_input(ctx: WorkerContext, payload: Payload) -> np.ndarray:
         raise InputError("the preprocessed image is missing from storage") from exc
 
 
-def _model(ctx: WorkerContext, payload: Payload, task: str) -> LoadedModel:
+def _model(ctx: WorkerContext, payload: ImagePayload | ChunkPayload, task: str) -> LoadedModel:
     loaded = ctx.models.get(payload["model_name"])
     if loaded.spec.task != task:
         raise ModelUnavailable(f"model {loaded.spec.name!r} is a {loaded.spec.task} model")
     return loaded
 
 
-def _predict_yolo(ctx: WorkerContext, payload: Payload, task: str) -> tuple[Any, Any]:
+def _size(payload: ImagePayload) -> tuple[int, int]:
+    return payload["image"]["width"], payload["image"]["height"]
+
+
+def _predict_yolo(ctx: WorkerContext, payload: ImagePayload, task: str) -> tuple[LoadedModel, Any]:
     loaded = _model(ctx, payload, task)
-    options = payload["options"]
     image = _model_input(ctx, payload)
-    results = loaded.model.predict(image, **yolo_arguments(options, loaded.device))
+    results = loaded.model.predict(image, **yolo_arguments(payload["options"], loaded.device))
     return loaded, results[0]
 
 
 @job_step(TASK_INFER_DETECT, "inference")
-def infer_detect(ctx: WorkerContext, payload: Payload) -> Payload:
-    """YOLO on the letterboxed image; boxes stay in model-input pixels until postprocess."""
+def infer_detect(ctx: WorkerContext, payload: ImagePayload) -> ImagePayload:
+    """YOLO on the letterboxed image; boxes mapped back to original pixels."""
     loaded, result = _predict_yolo(ctx, payload, "detect")
-    return {**payload, "raw": from_ultralytics(result), "model": loaded.info}
+    detections = from_yolo(result, loaded.names, payload["letterbox"], _size(payload))
+    return {**payload, "detections": detections.to_json(), "model": loaded.report()}
 
 
 @job_step(TASK_INFER_SEGMENT, "inference")
-def infer_segment(ctx: WorkerContext, payload: Payload) -> Payload:
+def infer_segment(ctx: WorkerContext, payload: ImagePayload) -> ImagePayload:
     """YOLO-seg: boxes as for detect, masks (model-input size) to a bit-packed file."""
     loaded, result = _predict_yolo(ctx, payload, "segment")
-    raw = from_ultralytics(result)
-    height, width = _model_input_shape(payload)
-    masks = (
-        result.masks.data.cpu().numpy() > 0.5
-        if result.masks is not None
-        else np.zeros((0, height, width), bool)
-    )
+    box = payload["letterbox"]
+    detections = from_yolo(result, loaded.names, box, _size(payload))
     key = ctx.storage.key(payload["job_id"], "work", "masks.npz")
-    ctx.storage.write_bytes(key, pack(masks))
-    return {**payload, "raw": raw, "masks_key": key, "model": loaded.info}
-
-
-def _model_input_shape(payload: Payload) -> tuple[int, int]:
-    return payload["letterbox"]["height"], payload["letterbox"]["width"]
+    ctx.storage.write_bytes(key, pack(yolo_masks(result, box["height"], box["width"])))
+    return {
+        **payload,
+        "detections": detections.to_json(),
+        "masks_key": key,
+        "model": loaded.report(),
+    }
 
 
 @job_step(TASK_INFER_FACES, "inference")
-def infer_faces(ctx: WorkerContext, payload: Payload) -> Payload:
-    """MTCNN on the RGB image: every candidate face with its probability and landmarks."""
+def infer_faces(ctx: WorkerContext, payload: ImagePayload) -> ImagePayload:
+    """MTCNN on the RGB image: the faces over ``min_confidence``, with their landmarks."""
     loaded = _model(ctx, payload, "faces")
-    image = _model_input(ctx, payload)
-    boxes, probs, landmarks = loaded.model.detect(image, landmarks=True)
-    return {**payload, "raw": from_mtcnn(boxes, probs, landmarks), "model": loaded.info}
+    boxes, probs, landmarks = loaded.model.detect(_model_input(ctx, payload), landmarks=True)
+    detections = from_mtcnn(
+        boxes,
+        probs,
+        landmarks,
+        payload["letterbox"]["scale"],
+        _size(payload),
+        float(payload["options"]["min_confidence"]),
+    )
+    return {**payload, "detections": detections.to_json(), "model": loaded.report()}
+
+
+@chunk_step(TASK_INFER_VIDEO_CHUNK, "inference")
+def infer_chunk(ctx: WorkerContext, payload: ChunkPayload) -> ChunkPayload:
+    """The model on every decoded frame of the chunk, in batches; results to a JSON file."""
+    started = time.perf_counter()
+    job_id, chunk = payload["job_id"], payload["chunk"]
+    index = chunk["index"]
+    ledger = ctx.store.chunks
+    if ledger.is_done(job_id, "postprocess", index):
+        raise ChunkAlreadyDone()
+    detections_key = work_key(ctx, job_id, index, "json")
+    out: ChunkPayload = {**payload, "detections_key": detections_key}
+    if ledger.is_done(job_id, "inference", index) and ctx.storage.path(detections_key).is_file():
+        chunk_finished(ctx, payload, "inference", 0.0)  # counted once; marks the stage
+        return out  # redelivered after it finished: pass the chain on
+    loaded = ctx.models.get(payload["model_name"])
+    try:
+        frames = np.load(ctx.storage.path(payload["frames_key"]), mmap_mode="r")
+    except FileNotFoundError as exc:
+        if ledger.is_done(job_id, "postprocess", index):
+            raise ChunkAlreadyDone() from exc  # another copy of this chunk finished it
+        raise InputError(f"the decoded frames of chunk {index} are missing from storage") from exc
+    missing = set(payload.get("missing") or [])
+    positions = [p for p in range(chunk["count"]) if p not in missing]
+    found = detect_frames(loaded, [frames[p] for p in positions], payload["options"])
+    per_position = dict(zip(positions, found, strict=True))
+    document = {
+        "model": loaded.report(),
+        "missing": sorted(missing),
+        "damaged": sorted(payload.get("damaged") or []),
+        "frames": [
+            per_position[p].to_json() if p in per_position else [] for p in range(chunk["count"])
+        ],
+    }
+    ctx.storage.write_bytes(detections_key, json.dumps(document).encode())
+    chunk_finished(ctx, payload, "inference", time.perf_counter() - started)
+    return out

@@ -16,10 +16,10 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from celery_worker.app import app, context
+from celery_worker.task import StepTask, worker_task
 from common.callbacks import CallbackRefused, check_callback_url
+from common.clock import now_iso
 from common.contract import TASK_NOTIFY, artifact_href
-from common.jobstore import now_iso
 
 TIMEOUT_SECONDS = 5
 MAX_RETRIES = 8
@@ -56,9 +56,8 @@ def callback_body(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@app.task(
-    name=TASK_NOTIFY,
-    bind=True,
+@worker_task(
+    TASK_NOTIFY,
     autoretry_for=(CallbackFailed,),
     retry_backoff=2,
     retry_backoff_max=120,
@@ -66,19 +65,19 @@ def callback_body(record: dict[str, Any]) -> dict[str, Any]:
     max_retries=MAX_RETRIES,
     soft_time_limit=30,
 )
-def notify_job(self: Any, job_id: str) -> None:
+def notify_job(self: StepTask, job_id: str) -> None:
     """POST the job's outcome to its callback URL."""
-    record = context.store.get(job_id)
+    ctx = self.ctx
+    jobs = ctx.store.jobs
+    record = jobs.get(job_id)
     if record is None or not record.get("callback_url"):
         return
     url = record["callback_url"]
     attempt = self.request.retries + 1
     try:
-        check_callback_url(
-            url, context.settings.callback_hosts, context.settings.callback_allow_loopback
-        )
+        check_callback_url(url, ctx.settings.callback_hosts, ctx.settings.callback_allow_loopback)
     except CallbackRefused as exc:
-        context.store.set_notification(job_id, f"not sent: {exc}")
+        jobs.set_notification(job_id, f"not sent: {exc}")
         return
     request = urllib.request.Request(
         url,
@@ -95,10 +94,10 @@ def notify_job(self: Any, job_id: str) -> None:
         _failed(self, job_id, f"attempt {attempt}: no answer from the receiver")
     if not 200 <= status < 300:
         _failed(self, job_id, f"attempt {attempt}: the receiver answered HTTP {status}")
-    context.store.set_notification(job_id, f"delivered (HTTP {status}) at {now_iso()}")
+    jobs.set_notification(job_id, f"delivered (HTTP {status}) at {now_iso()}")
 
 
-def _failed(task: Any, job_id: str, what: str) -> None:
+def _failed(task: StepTask, job_id: str, what: str) -> None:
     last = task.request.retries >= MAX_RETRIES
-    context.store.set_notification(job_id, f"{what}; {'gave up' if last else 'will retry'}")
+    task.ctx.store.jobs.set_notification(job_id, f"{what}; {'gave up' if last else 'will retry'}")
     raise CallbackFailed(what)

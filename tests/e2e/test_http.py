@@ -14,8 +14,8 @@ import requests
 from PIL import Image
 
 from tests.support import stack
+from tests.support.images import png_header_only
 from tests.support.jobs import wait_for_job
-from tests.unit.test_images import png_header_only
 
 pytestmark = [pytest.mark.broker, pytest.mark.workers, pytest.mark.http]
 

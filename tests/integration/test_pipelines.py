@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from celery_worker.tasks.postprocess import widen
+from celery_worker.imaging import widen
 from common.settings import Settings
 from tests.support import stack
 from tests.support.api import run_job, submit

@@ -30,7 +30,7 @@ def test_replaced_weights_are_used_after_a_restart_and_no_queued_job_is_lost(
 ) -> None:
     store = JobStore.from_url(stack_settings.redis_url, stack_settings.redis_prefix, 60)
     stack.stop(workers["inference"])  # warm shutdown: a running task would finish first
-    wait_until(lambda: not store.workers(), 30, "the stopped worker's report to go")
+    wait_until(lambda: not store.workers.alive(), 30, "the stopped worker's report to go")
     ids = [
         submit(api_client, assets / "zidane.jpg", {"pipeline": "detect"}).json()["id"]
         for _ in range(3)
@@ -60,7 +60,7 @@ def test_replaced_weights_are_used_after_a_restart_and_no_queued_job_is_lost(
         wait_until(
             lambda: any(
                 m.get("weights_sha256") == hashlib.sha256(original).hexdigest()
-                for r in store.workers()
+                for r in store.workers.alive()
                 for m in r["models"].values()
             ),
             120,

@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from celery_worker.masks import decode_rle
 from tests.support.api import run_job
+from tests.support.masks import decode_rle
 
 pytestmark = [pytest.mark.broker, pytest.mark.workers]
 

@@ -16,14 +16,13 @@ import numpy as np
 import pytest
 
 from celery_worker.imaging import widen
+from celery_worker.samples import face_crop, sliding_face
 from tests.support import stack
 from tests.support.api import submit
 from tests.support.jobs import wait_for_job, wait_until
 from tests.support.videos import (
     corrupt_middle,
-    face_crop,
     moving_shapes,
-    sliding_face,
     truncate,
 )
 

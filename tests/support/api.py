@@ -23,3 +23,12 @@ def run_job(
     return wait_for_job(
         lambda j: client.get(f"/v1/jobs/{j}").json(), response.json()["id"], timeout
     )
+
+
+def assert_problem(response: Any, status: int, detail: str) -> None:
+    """A problem+json answer with this status whose detail says ``detail``."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert body["status"] == status
+    assert detail in body["detail"]

@@ -21,15 +21,13 @@ from pathlib import Path
 import redis
 import requests
 
-from common.contract import QUEUES
 from common.settings import REPO_ROOT
-
-__all__ = ["QUEUES"]
 
 VHOST = "cvjobs-test"
 MANAGEMENT = "http://127.0.0.1:15672/api"
 AUTH = ("guest", "guest")
 VENV_BIN = Path(sys.executable).parent
+UPKEEP_SECONDS = 2
 
 
 def require_servers() -> None:
@@ -82,8 +80,9 @@ def stack_environment(tmp: Path, weights: Path, segment_weights: Path) -> dict[s
         "CV_VIDEO_WINDOW_CHUNKS": "2",
         "CV_WORKER_HEARTBEAT_SECONDS": "5",
         "CV_CALLBACK_ALLOW_LOOPBACK": "1",
-        "YOLO_CONFIG_DIR": str(tmp / "ultralytics"),
-        "YOLO_OFFLINE": "1",
+        "CV_ULTRALYTICS_DIR": str(tmp / "ultralytics"),
+        # Upkeep every 2 s, so the upkeep test sees it act within seconds.
+        "CV_UPKEEP_SECONDS": str(UPKEEP_SECONDS),
     }
     return env
 

@@ -11,7 +11,6 @@ checkpoint: the service and a direct ``YOLO(path)`` call load the same thing.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import cv2
@@ -21,8 +20,7 @@ import numpy as np
 def build_firing_yolo(
     path: Path, images: list[Path], arch: str = "yolov8n.yaml", bias: float = -1.3
 ) -> Path:
-    os.environ.setdefault("YOLO_OFFLINE", "1")
-    import torch
+    import torch  # Ultralytics was configured offline by tests/conftest.py
     from ultralytics import YOLO
     from ultralytics.data.augment import LetterBox
 

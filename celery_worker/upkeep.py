@@ -1,0 +1,215 @@
+"""Scheduled upkeep: what must happen even when no job moves.
+
+Every ``CV_UPKEEP_SECONDS`` (60 s) one worker process, whichever claims the period
+first in Redis (``JobStore.claim``), runs ``run_upkeep``:
+
+- removes the files and list entries of jobs past their TTL (Redis expires the
+  records by itself), upload directories whose submission never completed, and
+  upload scratch files of API processes killed mid-request;
+- fails jobs stuck past the step limit: a step whose worker was killed at the hard
+  time limit or vanished without RabbitMQ redelivering (``fail_if_stuck``);
+- re-publishes jobs the API recorded but whose publish it never confirmed (it died
+  in between), or fails them when their pipeline is gone.
+
+Why a timer in the workers rather than Celery beat: beat is one more process that
+every deployment must run exactly once (a second one doubles the work, none stops
+upkeep unnoticed), while every deployment already runs workers; the Redis claim
+makes any number of them, on any number of hosts, run upkeep once per period, and
+upkeep goes on as long as one worker of any queue lives. It runs in each worker's
+main process (``celery_worker.worker``), beside the pool, so no task waits for it
+and no task's queue delays it. ``python -m celery_worker.upkeep`` runs it once now.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from celery_worker.context import WorkerContext
+from common.celery_app import HARD_LIMIT_GRACE_SECONDS
+from common.chains import build_start
+from common.clock import seconds_since
+from common.jobstore import JobStore
+from common.jobstore.records import JobRecords
+from common.settings import Settings
+from common.storage import Storage
+
+log = logging.getLogger(__name__)
+
+# A job directory without any record is an upload whose submission failed half way
+# (e.g. the API process died); it is removed once it is this old.
+ORPHAN_AGE_SECONDS = 3600
+# Upload scratch files (storage tmp/) of an API process killed mid-request.
+SCRATCH_AGE_SECONDS = 86400
+# A job recorded this long ago whose publish the API never confirmed was never
+# published: the API publishes within CV_PUBLISH_TIMEOUT_SECONDS (2 s) or answers 503.
+UNPUBLISHED_AFTER_SECONDS = 60
+
+
+@dataclass(frozen=True)
+class UpkeepReport:
+    expired: int  # jobs past their TTL removed
+    stuck: int  # jobs failed as stuck
+    republished: int  # jobs published again
+    abandoned: int  # unpublished jobs failed (pipeline gone)
+
+
+def run_upkeep(ctx: WorkerContext, now: float | None = None) -> UpkeepReport:
+    """One upkeep pass (see the module docstring)."""
+    now = time.time() if now is None else now
+    expired = purge_expired(ctx.store, ctx.storage, now)
+    stuck = fail_stuck_jobs(ctx.store.jobs, stuck_after(ctx.settings), now)
+    republished, abandoned = republish_unpublished(ctx, now)
+    report = UpkeepReport(expired, stuck, republished, abandoned)
+    if expired or stuck or republished or abandoned:
+        log.info("upkeep: %s", report)
+    return report
+
+
+def purge_expired(store: JobStore, storage: Storage, now: float | None = None) -> int:
+    """Delete jobs submitted more than the TTL ago; returns how many went."""
+    now = time.time() if now is None else now
+    expired = store.jobs.expired_ids(now)
+    for job_id in expired:
+        storage.remove_job(job_id)
+        store.jobs.delete(job_id)
+    for job_id in storage.job_ids():
+        try:
+            age = now - storage.job_dir(job_id).stat().st_mtime
+        except FileNotFoundError:  # deleted meanwhile (API DELETE, a cancelled step)
+            continue
+        if age > ORPHAN_AGE_SECONDS and store.jobs.state(job_id) is None:
+            storage.remove_job(job_id)
+    _purge_scratch(storage, now)
+    return len(expired)
+
+
+def _purge_scratch(storage: Storage, now: float) -> None:
+    if not storage.tmp_dir.is_dir():
+        return
+    for path in storage.tmp_dir.iterdir():
+        try:
+            if path.is_file() and now - path.stat().st_mtime > SCRATCH_AGE_SECONDS:
+                path.unlink()
+        except FileNotFoundError:  # finished meanwhile
+            continue
+
+
+def stuck_after(settings: Settings) -> float:
+    """Seconds after which a running step is surely dead: past Celery's hard limit."""
+    return settings.step_time_limit_seconds + HARD_LIMIT_GRACE_SECONDS + 30
+
+
+def fail_stuck_jobs(jobs: JobRecords, limit_seconds: float, now: float | None = None) -> int:
+    """Fail every running job stuck for more than ``limit_seconds``; returns how many."""
+    failed = 0
+    for job_id in jobs.ids_in("running"):
+        record = jobs.get(job_id)
+        if record is not None and fail_if_stuck(jobs, record, limit_seconds, now)["state"] == (
+            "failed"
+        ):
+            failed += 1
+    return failed
+
+
+def fail_if_stuck(
+    jobs: JobRecords, record: dict[str, Any], limit_seconds: float, now: float | None = None
+) -> dict[str, Any]:
+    """Fail a job whose current step started more than ``limit_seconds`` ago.
+
+    A step past its hard time limit, or whose worker vanished without RabbitMQ
+    redelivering, would otherwise stay ``running`` until the record expires.
+    Returns the record as it is now.
+    """
+    now = time.time() if now is None else now
+    if record["state"] != "running" or not record.get("step"):
+        return record
+    if record.get("frames_total"):
+        return _fail_video_if_stuck(jobs, record, limit_seconds, now)
+    step = next((s for s in record["steps"] if s["name"] == record["step"]), None)
+    if step is None or not step.get("started_at") or step.get("finished_at"):
+        return record
+    if seconds_since(step["started_at"], now) <= limit_seconds:
+        return record
+    what = f"the {step['name']} step did not finish within {limit_seconds:.0f} s"
+    return _fail_stuck(jobs, record, step["name"], what)
+
+
+def _fail_video_if_stuck(
+    jobs: JobRecords, record: dict[str, Any], limit_seconds: float, now: float
+) -> dict[str, Any]:
+    """A video is stuck when a chunk (or the finishing step) started and nothing finished
+    for ``limit_seconds``. Chunks waiting in a queue behind other work are not stuck,
+    as a queued image is not.
+    """
+    active, done = record.get("active_at"), record.get("progress_at")
+    if not active or (done and datetime.fromisoformat(done) >= datetime.fromisoformat(active)):
+        return record
+    if seconds_since(active, now) <= limit_seconds:
+        return record
+    what = f"no chunk of the video finished within {limit_seconds:.0f} s of the last one starting"
+    return _fail_stuck(jobs, record, record["step"], what)
+
+
+def _fail_stuck(jobs: JobRecords, record: dict[str, Any], step: str, what: str) -> dict[str, Any]:
+    """Fail a job as timed out; returns the record as it is now."""
+    jobs.fail(record["id"], step, "timeout", f"{what} (its worker was stopped, killed or lost)")
+    return jobs.get(record["id"]) or record
+
+
+def republish_unpublished(ctx: WorkerContext, now: float) -> tuple[int, int]:
+    """Publish again the jobs whose publish the API never confirmed; (published, failed)."""
+    jobs = ctx.store.jobs
+    published = failed = 0
+    for job_id in jobs.unpublished(before=now - UNPUBLISHED_AFTER_SECONDS):
+        record = jobs.get(job_id)
+        if record is None or record["state"] != "queued":
+            jobs.published(job_id)  # gone, or its first step ran: it was published after all
+            continue
+        pipeline = ctx.catalogue.pipelines.get(record["pipeline"])
+        if pipeline is None:
+            detail = (
+                "the API stopped before queueing the job, and its pipeline "
+                f"{record['pipeline']!r} is no longer configured; submit it again"
+            )
+            if jobs.fail(job_id, None, "internal", detail):
+                ctx.notify(job_id)
+            jobs.published(job_id)
+            failed += 1
+            continue
+        build_start(ctx.celery, pipeline, job_id, record["options"], record["input"]).apply_async()
+        jobs.published(job_id)
+        log.warning("upkeep: job %s was recorded but never published; published it now", job_id)
+        published += 1
+    return published, failed
+
+
+class UpkeepTimer(threading.Thread):
+    """Every ``settings.upkeep_seconds``: run upkeep if this process claims the period."""
+
+    def __init__(self, ctx: WorkerContext) -> None:
+        super().__init__(name="upkeep", daemon=True)
+        self.ctx = ctx
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        period = self.ctx.settings.upkeep_seconds
+        while not self.stopped.wait(period):
+            try:
+                if self.ctx.store.claim("upkeep", period):
+                    run_upkeep(self.ctx)
+            except Exception:  # upkeep must never stop the worker; the next period retries
+                log.exception("upkeep failed")
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+if __name__ == "__main__":
+    from celery_worker.worker import create_worker_app
+
+    print(run_upkeep(create_worker_app().context))

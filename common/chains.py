@@ -1,0 +1,128 @@
+"""Every Celery chain the service publishes, built by pure functions (testable without a broker).
+
+- an image job: preprocess -> inference -> postprocess, each step on its own queue
+  (``build_chain``);
+- a video job: its planning step alone (``build_video_start``); the workers, which
+  alone know how many chunks there are, then publish one chain per chunk
+  (``build_chunk_chain``) and the finishing step.
+
+``build_start`` makes a job's first publish from what its record holds, so the API
+(on submission) and upkeep (re-publishing a job the API recorded but never
+published) publish the same thing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from celery import Celery
+from celery.canvas import Signature, chain
+
+from common.catalogue import PipelineConfig
+from common.contract import (
+    QUEUE_INFERENCE,
+    QUEUE_POSTPROCESS,
+    QUEUE_PREPROCESS,
+    TASK_INFER_VIDEO_CHUNK,
+    TASK_POSTPROCESS_VIDEO_CHUNK,
+    TASK_PREPROCESS_VIDEO,
+    TASK_PREPROCESS_VIDEO_CHUNK,
+    ChunkPayload,
+    ImagePayload,
+    VideoPayload,
+)
+
+CHUNK_STEPS = (
+    (TASK_PREPROCESS_VIDEO_CHUNK, QUEUE_PREPROCESS, "preprocess"),
+    (TASK_INFER_VIDEO_CHUNK, QUEUE_INFERENCE, "inference"),
+    (TASK_POSTPROCESS_VIDEO_CHUNK, QUEUE_POSTPROCESS, "postprocess"),
+)
+
+
+def step_task_ids(job_id: str, pipeline: PipelineConfig) -> list[str]:
+    """Task ids fixed up front, so the job record can list (and revoke) every step."""
+    return [f"{job_id}-{step.stage}" for step in pipeline.steps]
+
+
+def build_chain(
+    app: Celery, pipeline: PipelineConfig, payload: ImagePayload, task_ids: Sequence[str]
+) -> Signature:
+    """preprocess -> inference -> postprocess, each step on its own queue.
+
+    Only the first step gets the payload; each later step receives what the
+    previous one returned (a Celery chain passes results along).
+    """
+    if len(task_ids) != len(pipeline.steps):
+        raise ValueError("one task id per step")
+    signatures = [
+        app.signature(
+            step.task,
+            args=(dict(payload),) if index == 0 else (),
+            queue=step.queue,
+            routing_key=step.queue,
+            task_id=task_id,
+        )
+        for index, (step, task_id) in enumerate(zip(pipeline.steps, task_ids, strict=True))
+    ]
+    return chain(*signatures)
+
+
+def build_video_start(app: Celery, payload: VideoPayload, task_id: str) -> Signature:
+    """The first step of a video job: plan and split into chunks (preprocess queue)."""
+    return app.signature(
+        TASK_PREPROCESS_VIDEO,
+        args=(dict(payload),),
+        queue=QUEUE_PREPROCESS,
+        routing_key=QUEUE_PREPROCESS,
+        task_id=task_id,
+    )
+
+
+def build_chunk_chain(app: Celery, payload: ChunkPayload) -> Signature:
+    """One chunk of a video through the three queues; task ids name the job, chunk, stage."""
+    job_id, index = payload["job_id"], payload["chunk"]["index"]
+    return chain(
+        *(
+            app.signature(
+                task,
+                args=(dict(payload),) if position == 0 else (),
+                queue=queue,
+                routing_key=queue,
+                task_id=f"{job_id}-c{index}-{stage}",
+            )
+            for position, (task, queue, stage) in enumerate(CHUNK_STEPS)
+        )
+    )
+
+
+def build_start(
+    app: Celery,
+    pipeline: PipelineConfig,
+    job_id: str,
+    options: dict[str, Any],
+    input_info: dict[str, Any],
+) -> Signature:
+    """A job's first publish, from its record's options and input (``key``, ``kind``, size)."""
+    task_ids = step_task_ids(job_id, pipeline)
+    if input_info["kind"] == "video":
+        video: VideoPayload = {
+            "job_id": job_id,
+            "pipeline": pipeline.name,
+            "model_name": options["model"],
+            "options": options,
+            "input_key": input_info["key"],
+            "kind": "video",
+            "video": input_info["video"],
+            "render": pipeline.steps[-1].name,
+        }
+        return build_video_start(app, video, task_ids[0])
+    image: ImagePayload = {
+        "job_id": job_id,
+        "pipeline": pipeline.name,
+        "model_name": options["model"],
+        "options": options,
+        "input_key": input_info["key"],
+        "image": {"width": input_info["width"], "height": input_info["height"]},
+    }
+    return build_chain(app, pipeline, image, task_ids)

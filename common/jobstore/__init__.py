@@ -1,0 +1,58 @@
+"""The job store in Redis, shared by the API and the workers: one concept per module.
+
+- ``keys``: the key scheme (every key the service writes, documented there);
+- ``records``: job records and their state machine, results, the lists;
+- ``chunks``: the chunk ledger of video jobs;
+- ``batches``: batch documents;
+- ``workers``: the registry of inference workers and their models.
+
+``JobStore`` holds one of each over one Redis client and prefix.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+
+from common.clock import now_iso
+from common.jobstore.batches import Batches
+from common.jobstore.chunks import ChunkLedger
+from common.jobstore.keys import Keys
+from common.jobstore.records import JobRecords
+from common.jobstore.workers import WorkerRegistry
+
+
+class JobStore:
+    """Everything the service keeps in Redis, by concept: ``jobs``, ``chunks``,
+    ``batches``, ``workers``."""
+
+    def __init__(self, client: redis.Redis, prefix: str = "cv", ttl_seconds: int = 7 * 86400):
+        # Any: redis-py's types cannot express decode_responses=True (str, not bytes).
+        self.redis: Any = client
+        self.keys = Keys(prefix)
+        self.ttl = ttl_seconds
+        self.jobs = JobRecords(self.redis, self.keys, ttl_seconds)
+        self.chunks = ChunkLedger(self.redis, self.keys, ttl_seconds)
+        self.batches = Batches(self.redis, self.keys, ttl_seconds)
+        self.workers = WorkerRegistry(self.redis, self.keys, ttl_seconds)
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str, ttl_seconds: int) -> JobStore:
+        """No connection is opened here: Redis connects on first use (after a fork)."""
+        client = redis.Redis.from_url(
+            url, decode_responses=True, socket_connect_timeout=2, socket_timeout=5
+        )
+        return cls(client, prefix, ttl_seconds)
+
+    def claim(self, name: str, seconds: float) -> bool:
+        """True for at most one caller per ``seconds``, across all processes and hosts."""
+        return bool(
+            self.redis.set(self.keys.lock(name), now_iso(), nx=True, px=int(seconds * 1000))
+        )
+
+    def ping(self) -> bool:
+        return bool(self.redis.ping())
+
+
+__all__ = ["JobStore", "Keys"]

@@ -1,0 +1,188 @@
+"""Upkeep: expired files, stuck jobs and unpublished jobs, with and without running workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from kombu import Connection
+
+from celery_worker.upkeep import (
+    UNPUBLISHED_AFTER_SECONDS,
+    fail_if_stuck,
+    purge_expired,
+    republish_unpublished,
+)
+from common.celery_app import make_celery
+from common.jobstore import JobStore
+from common.settings import Settings
+from common.storage import Storage
+from tests.support import stack
+from tests.support.catalogue import CATALOGUE, PIPELINES
+from tests.support.jobs import wait_for_job, wait_until
+from tests.support.store import new_job
+
+pytestmark = pytest.mark.broker
+
+
+def test_upkeep_removes_expired_jobs_and_their_files(store: JobStore, tmp_path: Path) -> None:
+    storage = Storage(tmp_path)
+    old, fresh = new_job(store), new_job(store)
+    for job_id in (old, fresh):
+        storage.write_bytes(storage.key(job_id, "input.jpg"), b"x")
+    store.redis.zadd(store.keys.index(), {old: time.time() - 7200})
+    assert purge_expired(store, storage) == 1
+    assert not storage.job_dir(old).exists() and store.jobs.get(old) is None
+    assert storage.job_dir(fresh).exists() and store.jobs.get(fresh) is not None
+
+
+def test_upkeep_removes_upload_scratch_files_a_day_old(store: JobStore, tmp_path: Path) -> None:
+    storage = Storage(tmp_path)
+    storage.tmp_dir.mkdir()
+    stale, current = storage.tmp_dir / "stale", storage.tmp_dir / "current"
+    stale.write_bytes(b"x")
+    current.write_bytes(b"y")
+    os.utime(stale, (time.time() - 2 * 86400,) * 2)
+    purge_expired(store, storage)
+    assert not stale.exists() and current.exists()
+
+
+def test_a_stalled_video_is_failed_but_one_waiting_in_a_queue_is_not(store: JobStore) -> None:
+    job_id = new_job(store)
+    store.jobs.stage_started(job_id, "preprocess")
+    store.chunks.planned(job_id, frames_total=16, chunks_total=2)
+    old = "2000-01-01T00:00:00+00:00"
+
+    def aged(**fields: str) -> dict[str, Any]:
+        record = store.jobs.get(job_id)
+        assert record is not None
+        return {**record, **fields}
+
+    # Planned, chunks waiting behind other work for ages: not stuck (as a queued image).
+    assert fail_if_stuck(store.jobs, aged(active_at=old), 60)["state"] == "running"
+    store.jobs.stage_started(job_id, "inference")  # a chunk starts now
+    assert fail_if_stuck(store.jobs, aged(), 60)["state"] == "running"
+    store.chunks.done(job_id, "inference", 0, 8, 0.1)
+    # Started long ago, something finished since: alive.
+    assert fail_if_stuck(store.jobs, aged(active_at=old), 60)["state"] == "running"
+    # A chunk (or the finish) started long ago and nothing finished since: stuck.
+    stuck = fail_if_stuck(
+        store.jobs, aged(active_at="2000-01-01T00:01:00+00:00", progress_at=old), 60
+    )
+    assert stuck["state"] == "failed" and stuck["error"]["kind"] == "timeout"
+
+
+def upkeep_context(store: JobStore, tmp_path: Path) -> Any:
+    """What upkeep reads of a worker's context, publishing to the memory:// broker."""
+    settings = replace(Settings(), broker_url="memory://")
+    return SimpleNamespace(
+        settings=settings,
+        store=store,
+        storage=Storage(tmp_path),
+        catalogue=CATALOGUE,
+        celery=make_celery(settings),
+        notify=lambda job_id: None,
+    )
+
+
+def image_input(key: str) -> dict[str, Any]:
+    return {"key": key, "kind": "image", "width": 64, "height": 48, "bytes": 100}
+
+
+def test_a_job_recorded_but_never_published_is_published_once(
+    store: JobStore, tmp_path: Path
+) -> None:
+    ctx = upkeep_context(store, tmp_path)
+    job_id = uuid.uuid4().hex
+    new_job(
+        store,
+        "detect",
+        PIPELINES["detect"].defaults(),
+        image_input(f"jobs/{job_id}/input.jpg"),
+        job_id,
+    )
+    with Connection("memory://") as conn:
+        queue = conn.SimpleQueue("preprocess")
+        queue.clear()
+        # Just recorded: the API may be publishing it this very moment.
+        assert republish_unpublished(ctx, time.time()) == (0, 0)
+        later = time.time() + UNPUBLISHED_AFTER_SECONDS + 1
+        assert republish_unpublished(ctx, later) == (1, 0)
+        message = queue.get(timeout=2)
+        assert message.headers["task"] == "cv.preprocess.image"
+        assert message.headers["id"] == f"{job_id}-preprocess"
+        args, _kwargs, _embed = message.decode()
+        assert args[0]["input_key"] == f"jobs/{job_id}/input.jpg"
+        assert args[0]["image"] == {"width": 64, "height": 48}
+        message.ack()
+        assert store.jobs.unpublished(later) == []
+        assert republish_unpublished(ctx, later) == (0, 0)
+
+
+def test_a_published_job_is_not_published_again(store: JobStore, tmp_path: Path) -> None:
+    ctx = upkeep_context(store, tmp_path)
+    job_id = new_job(store, "detect", PIPELINES["detect"].defaults(), image_input("k"))
+    store.jobs.published(job_id)
+    assert republish_unpublished(ctx, time.time() + UNPUBLISHED_AFTER_SECONDS + 1) == (0, 0)
+
+
+def test_an_unpublished_job_whose_pipeline_is_gone_fails(store: JobStore, tmp_path: Path) -> None:
+    ctx = upkeep_context(store, tmp_path)
+    job_id = new_job(store, "detect", PIPELINES["detect"].defaults(), image_input("k"))
+    store.redis.hset(store.keys.job(job_id), "pipeline", "retired")
+    assert republish_unpublished(ctx, time.time() + UNPUBLISHED_AFTER_SECONDS + 1) == (0, 1)
+    record = store.jobs.get(job_id)
+    assert record is not None and record["state"] == "failed"
+    assert record["error"]["kind"] == "internal"
+    assert "'retired' is no longer configured" in record["error"]["detail"]
+
+
+@pytest.mark.workers
+def test_upkeep_runs_by_itself_with_no_job_traffic(
+    stack_settings: Settings, workers: Any, assets: Path
+) -> None:
+    """Nothing submitted: the workers' upkeep alone removes an expired job's files, fails a
+    stuck job and publishes a job the API recorded but never published, within two periods."""
+    settings = stack_settings
+    store = JobStore.from_url(settings.redis_url, settings.redis_prefix, settings.job_ttl_seconds)
+    storage = Storage(settings.resolve(settings.storage_dir))
+
+    expired = new_job(store)
+    storage.write_bytes(storage.key(expired, "input.jpg"), b"x")
+    store.redis.zadd(store.keys.index(), {expired: time.time() - settings.job_ttl_seconds - 60})
+
+    stuck = new_job(store)
+    store.jobs.step_started(stuck, "preprocess")
+    steps = store.jobs.get(stuck)["steps"]  # type: ignore[index]
+    steps[0]["started_at"] = "2000-01-01T00:00:00+00:00"  # its worker vanished long ago
+    store.redis.hset(store.keys.job(stuck), "steps", json.dumps(steps))
+
+    lost = uuid.uuid4().hex
+    key = storage.key(lost, "input.jpg")
+    storage.write_bytes(key, (assets / "zidane.jpg").read_bytes())
+    info = {**image_input(key), "width": 1280, "height": 720}
+    new_job(store, "blur-faces", PIPELINES["blur-faces"].defaults(), info, lost)
+    store.redis.zadd(store.keys.unpublished(), {lost: time.time() - 3600})
+
+    def done() -> bool:
+        return (
+            not storage.job_dir(expired).exists()
+            and store.jobs.get(expired) is None
+            and store.jobs.state(stuck) == "failed"
+            and lost not in store.jobs.unpublished(time.time())
+        )
+
+    # Two periods, and a second for the pass itself and this loop's polling.
+    wait_until(done, 2 * stack.UPKEEP_SECONDS + 1, "upkeep to act")
+    error = store.jobs.get(stuck)["error"]  # type: ignore[index]
+    assert error["kind"] == "timeout" and error["step"] == "preprocess"
+    job = wait_for_job(lambda j: store.jobs.get(j) or {"state": "gone"}, lost, 90)
+    assert job["state"] == "succeeded", job["error"]
+    assert len(store.jobs.result(lost)["detections"]) == 2  # type: ignore[index]
