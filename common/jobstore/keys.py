@@ -93,3 +93,6 @@ class StorePart:
     redis: Any
     keys: Keys
     ttl: int
+
+    def __post_init__(self) -> None:
+        """Where a part registers its Lua scripts (once: each call is then an EVALSHA)."""
