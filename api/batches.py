@@ -25,8 +25,8 @@ from api.errors import (
     ServiceUnavailable,
     UnsupportedMediaType,
 )
-from api.jobs import check_image, parse_request, refuse_if_unavailable, submit_image
 from api.services import Services
+from api.submissions import check_image, parse_request, refuse_if_unavailable, submit_image
 from api.views import artifact_links, job_url
 from common.clock import now_iso
 from common.contract import TERMINAL_STATES

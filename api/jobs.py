@@ -1,233 +1,24 @@
-"""Job service: what the job handlers do, apart from HTTP.
+"""Job service: reading, listing, cancelling and deleting jobs, apart from HTTP.
 
-``submit`` is all-or-nothing: when Redis or RabbitMQ fails part way, the stored
-upload and the job record are removed again before the 503 goes out.
+Reads never change a job: a stuck one is failed by upkeep (``celery_worker.upkeep``).
+Submitting is ``api.submissions``.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import uuid
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-import redis
 from kombu.exceptions import OperationalError
 
-from api.errors import (
-    BadRequest,
-    Conflict,
-    NotFound,
-    PayloadTooLarge,
-    ServiceUnavailable,
-    UnprocessableImage,
-    UnsupportedMediaType,
-)
-from api.options import NON_OPTIONS, get_pipeline, resolve_options
-from api.pipelines import model_status
+from api.errors import Conflict, NotFound
 from api.services import Services
 from api.views import job_view
-from common.callbacks import CallbackRefused, check_callback_url
-from common.catalogue import PipelineConfig
-from common.chains import build_start, step_task_ids
 from common.contract import ACTIVE_STATES
-from common.images import ImageHeader, ImageUnprocessable, NotAnImage, inspect_image
 from common.storage import StorageKeyError
-from common.videos import NotAVideo, VideoInfo, VideoUnprocessable, probe_video
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Request:
-    """What a submission asks for, validated: shared by single jobs and batches."""
-
-    pipeline: PipelineConfig
-    options: dict[str, Any]
-    callback_url: str | None
-    # The options the client set (the rest are defaults).
-    given: frozenset[str] = frozenset()
-
-
-def parse_request(svc: Services, fields: dict[str, Any]) -> Request:
-    """The pipeline, its options and the callback of a submission, or a 400/409."""
-    pipeline = get_pipeline(svc.catalogue, str(fields.get("pipeline", "")))
-    options = resolve_options(svc.catalogue, pipeline, fields)
-    callback = str(fields["callback_url"]) if fields.get("callback_url") else None
-    if callback:
-        try:
-            check_callback_url(
-                callback, svc.settings.callback_hosts, svc.settings.callback_allow_loopback
-            )
-        except CallbackRefused as exc:
-            raise BadRequest(str(exc)) from exc
-    given = frozenset(k for k, v in fields.items() if k not in NON_OPTIONS and v is not None)
-    return Request(pipeline, options, callback, given)
-
-
-def submit(
-    svc: Services, stream: IO[bytes], filename: str, fields: dict[str, Any]
-) -> dict[str, Any]:
-    """Validate, store, record and queue a job (an image or a video); returns its record."""
-    request = parse_request(svc, fields)
-    upload = check_upload(svc, stream)
-    if not isinstance(upload, VideoInfo):
-        refuse_video_options(request)
-    refuse_if_unavailable(svc, request.pipeline.name, request.options["model"])
-    if isinstance(upload, VideoInfo):
-        return submit_video(svc, request, upload, stream, filename)
-    return submit_image(svc, request, upload, stream, filename)
-
-
-def check_image(svc: Services, stream: IO[bytes]) -> ImageHeader:
-    """Size and header of one upload, or a 413/415/422 error."""
-    size = stream.seek(0, os.SEEK_END)
-    if size > svc.settings.max_upload_bytes:
-        raise PayloadTooLarge(
-            f"the file is {size} bytes; the limit is {svc.settings.max_upload_bytes}"
-        )
-    return _inspect(stream, svc.settings.max_image_pixels)
-
-
-def check_upload(svc: Services, stream: IO[bytes]) -> ImageHeader | VideoInfo:
-    """An image's header or a video's probe, within its kind's limits; else 413/415/422.
-
-    Images are recognised from their header; anything else is opened with FFmpeg
-    (PyAV), which must decode a first frame: a file that is neither gets a 415.
-    """
-    settings = svc.settings
-    size = stream.seek(0, os.SEEK_END)
-    stream.seek(0)
-    largest = max(settings.max_upload_bytes, settings.max_video_bytes)
-    if size > largest:
-        raise PayloadTooLarge(f"the file is {size} bytes; the limit is {largest}")
-    try:
-        header = inspect_image(stream, settings.max_image_pixels)
-    except ImageUnprocessable as exc:
-        raise UnprocessableImage(str(exc)) from exc
-    except NotAnImage:
-        pass
-    else:
-        if size > settings.max_upload_bytes:
-            raise PayloadTooLarge(
-                f"the image is {size} bytes; images are limited to {settings.max_upload_bytes} "
-                "bytes (CV_MAX_UPLOAD_BYTES)"
-            )
-        return header
-    try:
-        info = probe_video(stream, settings.max_image_pixels, settings.max_video_seconds)
-    except NotAVideo as exc:
-        raise UnsupportedMediaType(
-            "the file is neither an image nor a video the service can read "
-            f"({exc}); send JPEG, PNG, WebP, BMP or TIFF images, or MP4, MOV, MKV, WebM or "
-            "AVI videos"
-        ) from exc
-    except VideoUnprocessable as exc:
-        raise UnprocessableImage(str(exc)) from exc
-    finally:
-        stream.seek(0)
-    if size > settings.max_video_bytes:
-        raise PayloadTooLarge(
-            f"the video is {size} bytes; videos are limited to {settings.max_video_bytes} "
-            "bytes (CV_MAX_VIDEO_BYTES)"
-        )
-    return info
-
-
-def refuse_video_options(request: Request) -> None:
-    """400 for options that only apply to videos, sent with an image."""
-    video_only = sorted(
-        o.name for o in request.pipeline.options if o.media == "video" and o.name in request.given
-    )
-    if video_only:
-        raise BadRequest(f"option {', '.join(map(repr, video_only))} applies to videos only")
-
-
-def submit_image(
-    svc: Services, request: Request, header: ImageHeader, stream: IO[bytes], filename: str
-) -> dict[str, Any]:
-    """Store, record and queue one checked image of a validated request; all or nothing."""
-    input_info = _input_info("image", filename, header.content_type, header.format)
-    input_info.update(width=header.width, height=header.height)
-    return _enqueue(svc, request, stream, header.extension, input_info)
-
-
-def submit_video(
-    svc: Services, request: Request, info: VideoInfo, stream: IO[bytes], filename: str
-) -> dict[str, Any]:
-    """Store, record and queue one probed video; the workers split it into chunks."""
-    input_info = _input_info("video", filename, info.content_type, info.container)
-    input_info.update(width=info.width, height=info.height, video=info.as_dict())
-    return _enqueue(svc, request, stream, info.extension, input_info)
-
-
-def _input_info(kind: str, filename: str, content_type: str, fmt: str) -> dict[str, Any]:
-    """What the job record says about its upload (sizes are added by the caller)."""
-    return {
-        "kind": kind,
-        "filename": Path(filename or "upload").name[:200],
-        "content_type": content_type,
-        "format": fmt,
-    }
-
-
-def _enqueue(
-    svc: Services,
-    request: Request,
-    stream: IO[bytes],
-    extension: str,
-    input_info: dict[str, Any],
-) -> dict[str, Any]:
-    """Store the upload, record the job and publish its first step; all or nothing.
-
-    The record notes the job unpublished until RabbitMQ confirmed the publish: if this
-    process dies in between, upkeep publishes it (``celery_worker.upkeep``).
-    """
-    pipeline = request.pipeline
-    job_id = uuid.uuid4().hex
-    input_key = svc.storage.key(job_id, "input" + extension)
-    try:
-        size = svc.storage.write_stream(input_key, stream)
-        stages = [(step.stage, step.queue) for step in pipeline.steps]
-        record = svc.store.jobs.create(
-            job_id,
-            pipeline.name,
-            stages,
-            request.options,
-            {"key": input_key, **input_info, "bytes": size},
-            step_task_ids(job_id, pipeline),
-            request.callback_url,
-        )
-    except BaseException:
-        svc.storage.remove_job(job_id)
-        raise
-    try:
-        build_start(svc.celery, pipeline, job_id, request.options, record["input"]).apply_async()
-    except BaseException as exc:
-        _rollback(svc, job_id)
-        if isinstance(exc, OperationalError):
-            raise ServiceUnavailable(f"the message broker does not answer: {exc}") from exc
-        raise
-    svc.store.jobs.published(job_id)
-    return record
-
-
-def _inspect(stream: IO[bytes], max_pixels: int) -> ImageHeader:
-    try:
-        return inspect_image(stream, max_pixels)
-    except NotAnImage as exc:
-        raise UnsupportedMediaType(str(exc)) from exc
-    except ImageUnprocessable as exc:
-        raise UnprocessableImage(str(exc)) from exc
-
-
-def refuse_if_unavailable(svc: Services, pipeline: str, model: str) -> None:
-    """409 when inference workers are online and all of them lack the job's model."""
-    available, reason, reported = model_status(svc, model)
-    if reported and not available:
-        raise Conflict(f"pipeline {pipeline!r} with model {model!r} is unavailable: {reason}")
 
 
 def get(svc: Services, job_id: str) -> dict[str, Any]:
@@ -293,11 +84,3 @@ def _revoke(svc: Services, task_ids: list[str]) -> None:
         svc.celery.control.revoke(task_ids)
     except OperationalError as exc:
         log.warning("revoke of %s not sent: %s", task_ids, exc)
-
-
-def _rollback(svc: Services, job_id: str) -> None:
-    try:
-        svc.store.jobs.delete(job_id)
-    except redis.RedisError:
-        log.exception("could not remove the record of job %s after a failed publish", job_id)
-    svc.storage.remove_job(job_id)

@@ -7,7 +7,7 @@ from typing import Any
 from flask import send_file
 from werkzeug.datastructures import FileStorage
 
-from api import jobs
+from api import jobs, submissions
 from api.errors import BadRequest
 from api.services import services
 from api.views import job_url, job_view
@@ -19,7 +19,7 @@ JSON = {"Content-Type": "application/json"}
 def create_job(body: dict[str, Any], file: FileStorage | None = None) -> Response:
     if file is None:
         raise BadRequest("the multipart field 'file' (the image) is missing")
-    record = jobs.submit(services(), file.stream, file.filename or "", body)
+    record = submissions.submit(services(), file.stream, file.filename or "", body)
     return job_view(record), 202, {**JSON, "Location": job_url(record["id"])}
 
 

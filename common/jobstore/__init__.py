@@ -1,7 +1,7 @@
 """The job store in Redis, shared by the API and the workers: one concept per module.
 
 - ``keys``: the key scheme (every key the service writes, documented there);
-- ``records``: job records and their state machine, results, the lists;
+- ``records``: job records, results, the lists; ``transitions``: their state machine;
 - ``chunks``: the chunk ledger of video jobs;
 - ``batches``: batch documents;
 - ``workers``: the registry of inference workers and their models.
