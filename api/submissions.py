@@ -207,7 +207,10 @@ def _enqueue(
         if isinstance(exc, OperationalError):
             raise ServiceUnavailable(f"the message broker does not answer: {exc}") from exc
         raise
-    svc.store.jobs.published(job_id)
+    try:
+        svc.store.jobs.published(job_id)
+    except redis.RedisError as exc:  # the job is queued: say so; upkeep sees it has run
+        log.warning("job %s published, but noting it failed: %s", job_id, exc)
     return record
 
 

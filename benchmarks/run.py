@@ -8,7 +8,9 @@
    pipeline whose model is available, median/p95 of ``--runs`` sequential jobs
    on ultralytics' zidane.jpg.
 
-Stdlib and Pillow only. The figures depend on the machine: quote ratios from one run.
+The HTTP client is the stdlib; the photos come from the ultralytics wheel
+(``celery_worker.samples``), the address from ``CV_API_BIND``. The figures depend on
+the machine: quote ratios from one run.
 """
 
 from __future__ import annotations

@@ -169,10 +169,11 @@ def load_yolo(spec: ModelSpec, device: str) -> LoadedModel:
     try:
         model = YOLO(str(spec.weights), task=spec.task)
         model.predict(np.zeros((64, 64, 3), np.uint8), imgsz=64, device=device, verbose=False)
+        if spec.weights.suffix == ".onnx" and device == "cpu":
+            _stop_onnx_spinning(model, spec.weights)
+        digest, size = sha256_of([spec.weights]), spec.weights.stat().st_size
     except WEIGHTS_ERRORS as exc:
         raise ModelUnavailable(f"model {spec.name!r} failed to load: {exc}") from exc
-    if spec.weights.suffix == ".onnx" and device == "cpu":
-        _stop_onnx_spinning(model, spec.weights)
     names = {int(k): str(v) for k, v in model.names.items()}
     if spec.config is not None and spec.config.classes:
         names.update(spec.config.classes)
@@ -181,8 +182,8 @@ def load_yolo(spec: ModelSpec, device: str) -> LoadedModel:
         "task": spec.task,
         "version": f"ultralytics {importlib.metadata.version('ultralytics')}",
         "weights": str(spec.weights),
-        "weights_sha256": sha256_of([spec.weights]),
-        "weights_bytes": spec.weights.stat().st_size,
+        "weights_sha256": digest,
+        "weights_bytes": size,
         "format": spec.config.format if spec.config else spec.weights.suffix.lstrip("."),
         "device": device,
         "classes": len(names),
@@ -237,20 +238,22 @@ def load_mtcnn(spec: ModelSpec, device: str) -> LoadedModel:
     import facenet_pytorch
     from facenet_pytorch import MTCNN
 
+    data_dir = Path(facenet_pytorch.__file__).parent / "data"
+    weights = sorted(data_dir.glob("[por]net.pt"))
     try:
         model = MTCNN(keep_all=True, device=device)
         model.detect(np.zeros((64, 64, 3), dtype=np.uint8))
+        digest = sha256_of(weights) if weights else None
+        size = sum(p.stat().st_size for p in weights)
     except (RuntimeError, OSError) as exc:  # its wheel's weights missing or unreadable
         raise ModelUnavailable(f"model {spec.name!r} failed to load: {exc}") from exc
-    data_dir = Path(facenet_pytorch.__file__).parent / "data"
-    weights = sorted(data_dir.glob("[por]net.pt"))
     info = {
         "name": spec.name,
         "task": spec.task,
         "version": f"facenet-pytorch {importlib.metadata.version('facenet-pytorch')}",
         "weights": str(data_dir),
-        "weights_sha256": sha256_of(weights) if weights else None,
-        "weights_bytes": sum(p.stat().st_size for p in weights),
+        "weights_sha256": digest,
+        "weights_bytes": size,
         "format": "pt",
         "device": device,
     }

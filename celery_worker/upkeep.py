@@ -7,9 +7,13 @@ first in Redis (``JobStore.claim``), runs ``run_upkeep``:
   records by itself), upload directories whose submission never completed, and
   upload scratch files of API processes killed mid-request;
 - fails jobs stuck past the step limit: a step whose worker was killed at the hard
-  time limit or vanished without RabbitMQ redelivering (``fail_if_stuck``);
+  time limit or vanished without RabbitMQ redelivering (``fail_if_stuck``), and sends
+  their callbacks;
 - re-publishes jobs the API recorded but whose publish it never confirmed (it died
-  in between), or fails them when their pipeline is gone.
+  in between), or fails them when their pipeline is gone;
+- drops the model reports of inference workers that stopped reporting.
+
+Reads (the API's GETs) never write; everything that tidies up is here.
 
 Why a timer in the workers rather than Celery beat: beat is one more process that
 every deployment must run exactly once (a second one doubles the work, none stops
@@ -17,7 +21,9 @@ upkeep unnoticed), while every deployment already runs workers; the Redis claim
 makes any number of them, on any number of hosts, run upkeep once per period, and
 upkeep goes on as long as one worker of any queue lives. It runs in each worker's
 main process (``celery_worker.worker``), beside the pool, so no task waits for it
-and no task's queue delays it. ``python -m celery_worker.upkeep`` runs it once now.
+and no task's queue delays it. A pass holds a lock while it runs, so a slow pass is
+never overlapped by the next period's. ``python -m celery_worker.upkeep`` runs one
+pass now (under the same lock).
 """
 
 from __future__ import annotations
@@ -25,11 +31,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from kombu.exceptions import OperationalError
+from redis.exceptions import LockError
+
 from celery_worker.context import WorkerContext
+from celery_worker.task import forget
+from celery_worker.video.chunks import FINISH_SECONDS_PER_FRAME
+from common.catalogue import load_catalogue
 from common.celery_app import HARD_LIMIT_GRACE_SECONDS
 from common.chains import build_start
 from common.clock import seconds_since
@@ -47,7 +60,12 @@ ORPHAN_AGE_SECONDS = 3600
 SCRATCH_AGE_SECONDS = 86400
 # A job recorded this long ago whose publish the API never confirmed was never
 # published: the API publishes within CV_PUBLISH_TIMEOUT_SECONDS (2 s) or answers 503.
-UNPUBLISHED_AFTER_SECONDS = 60
+# The margin covers clocks of the API and worker hosts a little apart, and a publish held
+# up by a RabbitMQ resource alarm; one that is held longer ends up published twice, which
+# costs work, not correctness (a job's steps refuse to run once it has finished).
+UNPUBLISHED_AFTER_SECONDS = 120
+# Longest an upkeep pass may hold its lock (a pass that dies keeps it no longer).
+PASS_LOCK_SECONDS = 600
 
 
 @dataclass(frozen=True)
@@ -58,12 +76,27 @@ class UpkeepReport:
     abandoned: int  # unpublished jobs failed (pipeline gone)
 
 
-def run_upkeep(ctx: WorkerContext, now: float | None = None) -> UpkeepReport:
-    """One upkeep pass (see the module docstring)."""
-    now = time.time() if now is None else now
-    expired = purge_expired(ctx.store, ctx.storage, now)
-    stuck = fail_stuck_jobs(ctx.store.jobs, stuck_after(ctx.settings), now)
-    republished, abandoned = republish_unpublished(ctx, now)
+def run_upkeep(ctx: WorkerContext, now: float | None = None) -> UpkeepReport | None:
+    """One upkeep pass (see the module docstring); None when another pass is running."""
+    lock = ctx.store.redis.lock(ctx.store.keys.lock("upkeep-pass"), timeout=PASS_LOCK_SECONDS)
+    if not lock.acquire(blocking=False):
+        return None
+    try:
+        now = time.time() if now is None else now
+        expired = purge_expired(ctx.store, ctx.storage, now)
+
+        def failed(job_id: str) -> None:
+            ctx.notify(job_id)
+            forget(ctx, job_id)  # its working files (a video's frames and segments)
+
+        stuck = fail_stuck_jobs(ctx.store.jobs, stuck_after(ctx.settings), now, failed)
+        republished, abandoned = republish_unpublished(ctx, now)
+        ctx.store.workers.prune()
+    finally:
+        try:
+            lock.release()
+        except LockError:  # the pass outlived its lock; the next one runs on its own
+            log.warning("upkeep: a pass took longer than %s s", PASS_LOCK_SECONDS)
     report = UpkeepReport(expired, stuck, republished, abandoned)
     if expired or stuck or republished or abandoned:
         log.info("upkeep: %s", report)
@@ -104,15 +137,25 @@ def stuck_after(settings: Settings) -> float:
     return settings.step_time_limit_seconds + HARD_LIMIT_GRACE_SECONDS + 30
 
 
-def fail_stuck_jobs(jobs: JobRecords, limit_seconds: float, now: float | None = None) -> int:
-    """Fail every running job stuck for more than ``limit_seconds``; returns how many."""
+def fail_stuck_jobs(
+    jobs: JobRecords,
+    limit_seconds: float,
+    now: float | None = None,
+    on_failed: Callable[[str], None] | None = None,
+) -> int:
+    """Fail every running job stuck for more than ``limit_seconds``; returns how many.
+
+    ``on_failed(job_id)`` runs for each (its callback, its working files).
+    """
     failed = 0
     for job_id in jobs.ids_in("running"):
         record = jobs.get(job_id)
-        if record is not None and fail_if_stuck(jobs, record, limit_seconds, now)["state"] == (
-            "failed"
-        ):
+        if record is None:
+            continue
+        if fail_if_stuck(jobs, record, limit_seconds, now)["state"] == "failed":
             failed += 1
+            if on_failed is not None:
+                on_failed(job_id)
     return failed
 
 
@@ -149,6 +192,11 @@ def _fail_video_if_stuck(
     active, done = record.get("active_at"), record.get("progress_at")
     if not active or (done and datetime.fromisoformat(done) >= datetime.fromisoformat(active)):
         return record
+    frames = int(record.get("frames_total") or 0)
+    if int(record.get("frames_done:postprocess") or 0) >= frames:
+        # Every chunk is done: the finishing step runs, with a limit that grows with the
+        # video (video.chunks.publish_finish).
+        limit_seconds += FINISH_SECONDS_PER_FRAME * frames
     if seconds_since(active, now) <= limit_seconds:
         return record
     what = f"no chunk of the video finished within {limit_seconds:.0f} s of the last one starting"
@@ -162,26 +210,45 @@ def _fail_stuck(jobs: JobRecords, record: dict[str, Any], step: str, what: str) 
 
 
 def republish_unpublished(ctx: WorkerContext, now: float) -> tuple[int, int]:
-    """Publish again the jobs whose publish the API never confirmed; (published, failed)."""
+    """Publish again the jobs whose publish the API never confirmed; (published, failed).
+
+    The pipelines are read afresh from the files, as the API read them: a pipeline added
+    by editing the file and restarting only the API is known here too.
+    """
     jobs = ctx.store.jobs
+    candidates = jobs.unpublished(before=now - UNPUBLISHED_AFTER_SECONDS)
+    if not candidates:
+        return 0, 0
+    pipelines = load_catalogue(ctx.settings).pipelines
     published = failed = 0
-    for job_id in jobs.unpublished(before=now - UNPUBLISHED_AFTER_SECONDS):
+    for job_id in candidates:
         record = jobs.get(job_id)
         if record is None or record["state"] != "queued":
             jobs.published(job_id)  # gone, or its first step ran: it was published after all
             continue
-        pipeline = ctx.catalogue.pipelines.get(record["pipeline"])
+        pipeline = pipelines.get(record["pipeline"])
+        reason = None
         if pipeline is None:
-            detail = (
-                "the API stopped before queueing the job, and its pipeline "
-                f"{record['pipeline']!r} is no longer configured; submit it again"
-            )
+            reason = f"its pipeline {record['pipeline']!r} is no longer configured"
+        else:
+            try:
+                start = build_start(
+                    ctx.celery, pipeline, job_id, record["options"], record["input"]
+                )
+            except (KeyError, TypeError) as exc:  # a record this version cannot read
+                reason = f"its record cannot be read ({type(exc).__name__}: {exc})"
+        if reason is not None:
+            detail = f"the API stopped before queueing the job, and {reason}; submit it again"
             if jobs.fail(job_id, None, "internal", detail):
                 ctx.notify(job_id)
             jobs.published(job_id)
             failed += 1
             continue
-        build_start(ctx.celery, pipeline, job_id, record["options"], record["input"]).apply_async()
+        try:
+            start.apply_async()
+        except OperationalError:
+            log.warning("upkeep: the broker does not answer; job %s is published later", job_id)
+            break
         jobs.published(job_id)
         log.warning("upkeep: job %s was recorded but never published; published it now", job_id)
         published += 1

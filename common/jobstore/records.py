@@ -117,7 +117,7 @@ class JobRecords(JobTransitions):
     def page(
         self, state: str | None = None, limit: int = 50, offset: int = 0
     ) -> tuple[list[dict[str, Any]], int]:
-        """One page of jobs, newest first, and the total matching count."""
+        """One page of jobs, newest first, and the total matching count. Writes nothing."""
         index = self.keys.index(state)
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.zrevrange(index, offset, offset + limit - 1)
@@ -127,16 +127,9 @@ class JobRecords(JobTransitions):
             for job_id in ids:
                 pipe.hgetall(self.keys.job(job_id))
             raws = pipe.execute()
-        records = []
-        gone = []
-        for job_id, raw in zip(ids, raws, strict=True):
-            if raw.get("id"):
-                records.append(decode(raw))
-            else:  # expired by its TTL; upkeep removes its files
-                gone.append(job_id)
-        if gone:
-            self._unindex(gone)
-        return records, int(total) - len(gone)
+        # An id whose record Redis already expired is skipped (upkeep unindexes it).
+        records = [decode(raw) for raw in raws if raw.get("id")]
+        return records, int(total) - (len(ids) - len(records))
 
     def ids_in(self, state: JobState, limit: int = 10_000) -> list[str]:
         """Ids of the jobs in ``state``, oldest first."""

@@ -3,7 +3,7 @@
 Each inference process reports its models every ``CV_WORKER_HEARTBEAT_SECONDS``
 into one hash (``cv:workers``), each report valid for three periods; the API reads
 it on every submission (one key, never a SCAN) to refuse jobs whose model no
-online worker holds.
+online worker holds. Reports of workers that died without saying so are dropped by upkeep.
 """
 
 from __future__ import annotations
@@ -25,16 +25,20 @@ class WorkerRegistry(StorePart):
         self.redis.hdel(self.keys.workers(), name)
 
     def alive(self) -> list[dict[str, Any]]:
-        """Reports of the workers alive now; stale ones are dropped."""
+        """Reports of the workers alive now (stale ones are skipped; upkeep drops them)."""
         now = time.time()
-        alive: list[tuple[str, dict[str, Any]]] = []
-        stale: list[str] = []
-        for name, value in self.redis.hgetall(self.keys.workers()).items():
-            entry = json.loads(value)
-            if entry.get("expires", 0) > now:
-                alive.append((name, entry))
-            else:
-                stale.append(name)
+        reports = sorted(self.redis.hgetall(self.keys.workers()).items())
+        entries = [json.loads(value) for _, value in reports]
+        return [entry for entry in entries if entry.get("expires", 0) > now]
+
+    def prune(self) -> int:
+        """Drop the reports of workers that stopped reporting; returns how many."""
+        now = time.time()
+        stale = [
+            name
+            for name, value in self.redis.hgetall(self.keys.workers()).items()
+            if json.loads(value).get("expires", 0) <= now
+        ]
         if stale:
             self.redis.hdel(self.keys.workers(), *stale)
-        return [entry for _, entry in sorted(alive)]
+        return len(stale)

@@ -17,9 +17,12 @@ from kombu import Connection
 from celery_worker.upkeep import (
     UNPUBLISHED_AFTER_SECONDS,
     fail_if_stuck,
+    fail_stuck_jobs,
     purge_expired,
     republish_unpublished,
+    run_upkeep,
 )
+from celery_worker.video.chunks import FINISH_SECONDS_PER_FRAME
 from common.celery_app import make_celery
 from common.jobstore import JobStore
 from common.settings import Settings
@@ -77,6 +80,36 @@ def test_a_stalled_video_is_failed_but_one_waiting_in_a_queue_is_not(store: JobS
         store.jobs, aged(active_at="2000-01-01T00:01:00+00:00", progress_at=old), 60
     )
     assert stuck["state"] == "failed" and stuck["error"]["kind"] == "timeout"
+
+
+def test_the_finishing_step_of_a_long_video_gets_its_longer_limit(store: JobStore) -> None:
+    job_id = new_job(store)
+    store.jobs.stage_started(job_id, "preprocess")
+    frames = 100_000
+    store.chunks.planned(job_id, frames_total=frames, chunks_total=2)
+    store.jobs.stage_started(job_id, "postprocess")  # the finishing step starts
+    record = store.jobs.get(job_id)
+    assert record is not None
+    limit, now = 60.0, time.time()
+    finishing = {
+        **record,
+        "frames_done:postprocess": str(frames),  # every chunk is done
+        "progress_at": "2000-01-01T00:00:00+00:00",
+    }
+    within = now + limit + FINISH_SECONDS_PER_FRAME * frames - 5
+    assert fail_if_stuck(store.jobs, finishing, limit, within)["state"] == "running"
+    # While chunks are still out, the step limit alone applies.
+    waiting = {**finishing, "frames_done:postprocess": str(frames // 2)}
+    assert fail_if_stuck(store.jobs, waiting, limit, within)["state"] == "failed"
+
+
+def test_a_stuck_job_gets_its_callback(store: JobStore) -> None:
+    job_id = new_job(store)
+    store.jobs.step_started(job_id, "inference")
+    failed: list[str] = []
+    assert fail_stuck_jobs(store.jobs, 60, time.time() + 3600, failed.append) == 1
+    assert failed == [job_id]
+    assert fail_stuck_jobs(store.jobs, 60, time.time() + 3600, failed.append) == 0
 
 
 def upkeep_context(store: JobStore, tmp_path: Path) -> Any:
@@ -142,6 +175,27 @@ def test_an_unpublished_job_whose_pipeline_is_gone_fails(store: JobStore, tmp_pa
     assert record is not None and record["state"] == "failed"
     assert record["error"]["kind"] == "internal"
     assert "'retired' is no longer configured" in record["error"]["detail"]
+
+
+def test_a_record_upkeep_cannot_read_fails_with_the_reason(store: JobStore, tmp_path: Path) -> None:
+    ctx = upkeep_context(store, tmp_path)
+    job_id = new_job(store, "detect", PIPELINES["detect"].defaults(), {"key": "k", "kind": "image"})
+    assert republish_unpublished(ctx, time.time() + UNPUBLISHED_AFTER_SECONDS + 1) == (0, 1)
+    record = store.jobs.get(job_id)
+    assert record is not None and record["state"] == "failed"
+    assert "its record cannot be read (KeyError" in record["error"]["detail"]
+
+
+def test_one_pass_at_a_time(store: JobStore, tmp_path: Path) -> None:
+    ctx = upkeep_context(store, tmp_path)
+    held = store.redis.lock(store.keys.lock("upkeep-pass"), timeout=30)
+    assert held.acquire(blocking=False)
+    try:
+        assert run_upkeep(ctx) is None  # another pass is running
+    finally:
+        held.release()
+    report = run_upkeep(ctx)
+    assert report is not None and report.expired == 0
 
 
 @pytest.mark.workers

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
+from celery_worker.upkeep import purge_expired
 from common.jobstore import JobStore
+from common.storage import Storage
 from tests.support.store import new_job
 
 pytestmark = pytest.mark.broker
@@ -74,11 +77,14 @@ def test_list_is_newest_first_paginated_and_filtered(store: JobStore) -> None:
     assert total == 4 and ids[1] not in {r["id"] for r in queued}
 
 
-def test_expired_records_drop_out_of_lists(store: JobStore) -> None:
+def test_expired_records_drop_out_of_lists(store: JobStore, tmp_path: Path) -> None:
     gone, kept = new_job(store), new_job(store)
     store.redis.delete(store.keys.job(gone))  # what the TTL does
     page, total = store.jobs.page()
     assert [r["id"] for r in page] == [kept] and total == 1
+    # Reading wrote nothing; upkeep unindexes what expired.
+    assert store.redis.zscore(store.keys.index(), gone) is not None
+    purge_expired(store, Storage(tmp_path), now=time.time() + store.ttl + 1)
     assert store.redis.zscore(store.keys.index(), gone) is None
 
 
