@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help install services start demo stop status reload models export-onnx test lint bench bench-video clean
+.PHONY: help install services start demo stop status reload models export-onnx migrate test lint bench bench-video bench-tenants clean
 
 help:
 	@echo "make demo     install, start RabbitMQ, Redis, the API and 3 workers, run the sample job"
@@ -18,6 +18,8 @@ help:
 	@echo "make lint     ruff (lint + format check) and mypy"
 	@echo "make bench    latency benchmark against the running stack"
 	@echo "make bench-video   video fps through the running stack vs a plain loop (30 s of 720p)"
+	@echo "make bench-tenants fairness behind another tenant's batch, POST with auth on and off"
+	@echo "make migrate  upgrade a stopped installation in place: priority queues, tenants"
 	@echo "make clean    remove var/ (jobs, logs, Redis data) and demo-output/"
 
 install:
@@ -62,6 +64,14 @@ bench: install
 
 bench-video: install
 	$(PY) benchmarks/video.py
+
+bench-tenants: install
+	$(PY) benchmarks/tenants.py
+
+# With the API and workers stopped (RabbitMQ and Redis running): see common/migrate.py.
+migrate: install
+	$(PY) -m common.migrate queues
+	$(PY) -m common.migrate tenants
 
 clean:
 	rm -rf var demo-output

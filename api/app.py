@@ -2,20 +2,32 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from pathlib import Path
 
 import connexion
 import redis
+import yaml
+from connexion.exceptions import Unauthorized
 from connexion.lifecycle import ConnexionRequest, ConnexionResponse
 from connexion.middleware import MiddlewarePosition
 from kombu.exceptions import OperationalError
 from starlette.requests import ClientDisconnect
 
 from api import swagger_page, uploads
+from api.auth import (
+    CHALLENGE,
+    AuthContext,
+    Authenticator,
+    KeyLookup,
+    operation_roles,
+    without_security,
+)
 from api.errors import PROBLEM_JSON, ApiError, BadRequest, ServiceUnavailable
 from api.limits import BodySizeLimit
+from api.quotas import Quotas
 from api.services import EXTENSION_KEY, Services
 from common.catalogue import load_catalogue
 from common.celery_app import make_celery
@@ -28,16 +40,30 @@ log = logging.getLogger(__name__)
 
 
 def create_app(
-    settings: Settings | None = None, services: Services | None = None
+    settings: Settings | None = None,
+    services: Services | None = None,
+    keys: KeyLookup | None = None,
 ) -> connexion.FlaskApp:
-    """Build the API. Tests pass their own ``settings`` (or whole ``services``)."""
+    """Build the API. Tests pass their own ``settings`` (or whole ``services``), and where
+    Redis is down on purpose, a table of ``keys``."""
     settings = settings or Settings.from_env()
     services = services or build_services(settings)
+
+    spec = yaml.safe_load(SPEC.read_text())
+    if not settings.auth:
+        log.warning(
+            "CV_AUTH=false: API keys are not checked; every request acts as an admin of the "
+            "default tenant. Never run this where anyone else can reach the API."
+        )
+        spec = without_security(spec)
+    roles = operation_roles(spec)
+    keys = keys or services.store.apikeys
+    authenticator = Authenticator(keys, roles, settings.key_cache_seconds)
 
     app = connexion.FlaskApp(__name__, specification_dir=str(SPEC.parent))
     validator_map = uploads.install(app, services.storage.tmp_dir)
     app.add_api(
-        SPEC.name,
+        spec,
         strict_validation=True,
         validate_responses=True,
         validator_map=validator_map,
@@ -49,6 +75,7 @@ def create_app(
     app.app.add_url_rule("/", "swagger_ui_root", swagger_page.index)
     app.app.add_url_rule("/openapi.json", "openapi_json", lambda: swagger_page.spec_view(SPEC))
     app.add_error_handler(ApiError, _problem)
+    app.add_error_handler(Unauthorized, _unauthorized)
     app.add_error_handler(redis.RedisError, _redis_down)
     app.add_error_handler(OperationalError, _broker_down)
     app.add_error_handler(ClientDisconnect, _client_gone)
@@ -59,6 +86,9 @@ def create_app(
         max_batch_bytes=settings.max_batch_bytes,
         max_video_bytes=settings.max_video_bytes,
     )
+    app.add_middleware(
+        AuthContext, position=MiddlewarePosition.BEFORE_SECURITY, authenticator=authenticator
+    )
     _warm_broker(services)
     return app
 
@@ -66,20 +96,33 @@ def create_app(
 def build_services(settings: Settings) -> Services:
     storage_dir = settings.resolve(settings.storage_dir)
     storage_dir.mkdir(parents=True, exist_ok=True)
+    store = JobStore.from_url(settings.redis_url, settings.redis_prefix, settings.job_ttl_seconds)
     return Services(
         settings=settings,
         catalogue=load_catalogue(settings),
-        store=JobStore.from_url(
-            settings.redis_url, settings.redis_prefix, settings.job_ttl_seconds
-        ),
+        store=store,
         storage=Storage(Path(storage_dir)),
         celery=make_celery(settings, name="cvjobs-api"),
+        quotas=Quotas(settings, store),
     )
 
 
 def _problem(request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
     assert isinstance(exc, ApiError)
-    return ConnexionResponse(status_code=exc.status, content_type=PROBLEM_JSON, body=exc.body())
+    return ConnexionResponse(
+        status_code=exc.status, content_type=PROBLEM_JSON, body=exc.body(), headers=exc.headers()
+    )
+
+
+def _unauthorized(request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
+    assert isinstance(exc, Unauthorized)
+    body = {"type": "about:blank", "title": "Unauthorized", "status": 401, "detail": exc.detail}
+    return ConnexionResponse(
+        status_code=401,
+        content_type=PROBLEM_JSON,
+        body=json.dumps(body).encode(),
+        headers={"WWW-Authenticate": CHALLENGE},
+    )
 
 
 def _redis_down(request: ConnexionRequest, exc: Exception) -> ConnexionResponse:

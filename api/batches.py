@@ -8,6 +8,7 @@ is built on request from the jobs' results and artifacts.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import uuid
 import zipfile
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import PurePosixPath
 from typing import IO, Any
 
+from api.auth import Caller
 from api.errors import (
     ApiError,
     BadRequest,
@@ -29,7 +31,7 @@ from api.services import Services
 from api.submissions import check_image, parse_request, refuse_if_unavailable, submit_image
 from api.views import artifact_links, job_url
 from common.clock import now_iso
-from common.contract import TERMINAL_STATES
+from common.contract import DEFAULT_TENANT, TERMINAL_STATES
 
 # Zip members that are never images: folder entries and the litter of desktop zippers.
 _SKIP = ("__MACOSX/", ".DS_Store", "Thumbs.db")
@@ -41,36 +43,68 @@ def batch_url(batch_id: str) -> str:
 
 def submit(
     svc: Services,
+    caller: Caller,
     files: list[tuple[str, IO[bytes]]],
     archive: IO[bytes] | None,
     fields: dict[str, Any],
 ) -> dict[str, Any]:
-    """Queue one job per image; members that cannot be processed are recorded as rejected."""
-    request = parse_request(svc, fields)
+    """Queue one job per image; members that cannot be processed are recorded as rejected.
+
+    Members get priority ``low`` unless the request asks for another, so a big batch
+    never holds up single jobs. A batch that would pass the tenant's limit of active
+    jobs is refused whole, before any member is stored.
+    """
+    request = parse_request(svc, caller, fields, priority="low")
     if not files and archive is None:
         raise BadRequest("send the images as repeated 'files' fields or as one zip 'archive'")
     refuse_if_unavailable(svc, request.pipeline.name, request.options["model"])
-    batch_id = uuid.uuid4().hex
-    members = []
-    for index, (filename, stream) in enumerate(_members(svc, files, archive)):
-        member: dict[str, Any] = {
-            "index": index,
-            "filename": filename,
-            "job_id": None,
-            "error": None,
-        }
-        try:
-            if isinstance(stream, ApiError):
-                raise stream
-            header = check_image(svc, stream)
-            member["job_id"] = submit_image(svc, request, header, stream, filename)["id"]
-        except ServiceUnavailable:
-            raise
-        except ApiError as exc:
-            member["error"] = exc.detail
-        members.append(member)
+    limit = svc.settings.max_batch_files
+    if len(files) > limit:
+        raise PayloadTooLarge(f"{len(files)} files; a batch takes at most {limit}")
+    bundle = _open_zip(archive) if archive is not None else None
+    try:
+        entries = _entries(bundle) if bundle is not None else []
+        if len(files) + len(entries) > limit:
+            raise PayloadTooLarge(f"{len(entries)} files in the zip; a batch takes at most {limit}")
+        size = sum(upload.seek(0, os.SEEK_END) for _, upload in files)
+        size += sum(info.file_size for info in entries)
+        for _, upload in files:
+            upload.seek(0)
+        limits = svc.quotas.admit(request.tenant, len(files) + len(entries), size)
+        batch_id = uuid.uuid4().hex
+        window = svc.settings.batch_window
+        members = []
+        in_flight = 0
+        for index, (filename, stream) in enumerate(_members(svc, files, bundle, entries)):
+            member: dict[str, Any] = {
+                "index": index,
+                "filename": filename,
+                "job_id": None,
+                "error": None,
+            }
+            try:
+                if isinstance(stream, ApiError):
+                    raise stream
+                header = check_image(svc, stream)
+                held = bool(window) and in_flight >= window
+                job = submit_image(
+                    svc, request, header, stream, filename, limits.active_jobs, (batch_id, held)
+                )
+                member["job_id"] = job["id"]
+                in_flight += not held
+            except ServiceUnavailable:
+                raise
+            except ApiError as exc:
+                member["error"] = exc.detail
+            members.append(member)
+    finally:
+        if bundle is not None:
+            bundle.close()
     batch = {
         "id": batch_id,
+        "tenant": request.tenant,
+        "key_id": request.key_id,
+        "priority": request.priority,
         "pipeline": request.pipeline.name,
         "options": request.options,
         "submitted_at": now_iso(),
@@ -80,49 +114,53 @@ def submit(
     return batch
 
 
-def _members(
-    svc: Services, files: list[tuple[str, IO[bytes]]], archive: IO[bytes] | None
-) -> Iterator[tuple[str, IO[bytes] | ApiError]]:
-    limit = svc.settings.max_batch_files
-    if len(files) > limit:
-        raise PayloadTooLarge(f"{len(files)} files; a batch takes at most {limit}")
-    yield from files
-    if archive is None:
-        return
+def _open_zip(archive: IO[bytes]) -> zipfile.ZipFile:
     try:
-        bundle = zipfile.ZipFile(archive)
+        return zipfile.ZipFile(archive)
     except (zipfile.BadZipFile, OSError) as exc:
         raise UnsupportedMediaType("the archive is not a zip file") from exc
-    with bundle:
-        entries = [
-            info
-            for info in bundle.infolist()
-            if not info.is_dir() and not any(part in info.filename for part in _SKIP)
-        ]
-        if len(files) + len(entries) > limit:
-            raise PayloadTooLarge(f"{len(entries)} files in the zip; a batch takes at most {limit}")
-        for info in entries:
-            name = PurePosixPath(info.filename).name
-            # The declared size is checked before inflating: a zip bomb is never expanded.
-            if info.file_size > svc.settings.max_upload_bytes:
-                yield (
-                    name,
-                    PayloadTooLarge(
-                        f"{info.file_size} bytes uncompressed; the limit is "
-                        f"{svc.settings.max_upload_bytes}"
-                    ),
-                )
-                continue
-            try:
-                with bundle.open(info) as source:
-                    data = source.read(svc.settings.max_upload_bytes + 1)
-            except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError) as exc:
-                yield name, UnsupportedMediaType(f"cannot extract this zip member: {exc}")
-                continue
-            with tempfile.SpooledTemporaryFile(max_size=4 << 20) as spooled:
-                spooled.write(data)
-                spooled.seek(0)
-                yield name, spooled
+
+
+def _entries(bundle: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
+    """The zip's files that may be images: folder entries and desktop litter left out."""
+    return [
+        info
+        for info in bundle.infolist()
+        if not info.is_dir() and not any(part in info.filename for part in _SKIP)
+    ]
+
+
+def _members(
+    svc: Services,
+    files: list[tuple[str, IO[bytes]]],
+    bundle: zipfile.ZipFile | None,
+    entries: list[zipfile.ZipInfo],
+) -> Iterator[tuple[str, IO[bytes] | ApiError]]:
+    yield from files
+    if bundle is None:
+        return
+    for info in entries:
+        name = PurePosixPath(info.filename).name
+        # The declared size is checked before inflating: a zip bomb is never expanded.
+        if info.file_size > svc.settings.max_upload_bytes:
+            yield (
+                name,
+                PayloadTooLarge(
+                    f"{info.file_size} bytes uncompressed; the limit is "
+                    f"{svc.settings.max_upload_bytes}"
+                ),
+            )
+            continue
+        try:
+            with bundle.open(info) as source:
+                data = source.read(svc.settings.max_upload_bytes + 1)
+        except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError) as exc:
+            yield name, UnsupportedMediaType(f"cannot extract this zip member: {exc}")
+            continue
+        with tempfile.SpooledTemporaryFile(max_size=4 << 20) as spooled:
+            spooled.write(data)
+            spooled.seek(0)
+            yield name, spooled
 
 
 def view(svc: Services, batch: dict[str, Any]) -> dict[str, Any]:
@@ -151,6 +189,8 @@ def view(svc: Services, batch: dict[str, Any]) -> dict[str, Any]:
     complete = finished == len(items)
     return {
         "id": batch["id"],
+        "tenant": batch.get("tenant") or DEFAULT_TENANT,
+        "priority": batch.get("priority") or "low",
         "pipeline": batch["pipeline"],
         "options": batch["options"],
         "state": "completed" if complete else "running",
@@ -170,16 +210,18 @@ def view(svc: Services, batch: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def get(svc: Services, batch_id: str) -> dict[str, Any]:
+def get(svc: Services, caller: Caller, batch_id: str) -> dict[str, Any]:
+    """The batch, if the caller may see it (another tenant's answers 404, as a missing one)."""
     batch = svc.store.batches.get(batch_id)
-    if batch is None:
+    tenant = (batch or {}).get("tenant") or DEFAULT_TENANT
+    if batch is None or not (caller.is_admin or tenant == caller.tenant):
         raise NotFound(f"no batch {batch_id} (never submitted, or expired)")
-    return batch
+    return {**batch, "tenant": tenant, "priority": batch.get("priority") or "low"}
 
 
-def archive(svc: Services, batch_id: str) -> IO[bytes]:
+def archive(svc: Services, caller: Caller, batch_id: str) -> IO[bytes]:
     """The zip of a completed batch: batch.json, then a folder per member."""
-    batch = get(svc, batch_id)
+    batch = get(svc, caller, batch_id)
     summary = view(svc, batch)
     if summary["state"] != "completed":
         counts = summary["counts"]
@@ -202,7 +244,7 @@ def archive(svc: Services, batch_id: str) -> IO[bytes]:
             result = svc.store.jobs.result(job_id)
             bundle.writestr(f"{folder}/result.json", json.dumps(result, indent=1))
             for link in artifact_links(job_id, record.get("artifacts") or []):
-                path = svc.storage.artifact_path(job_id, link["name"])
+                path = svc.storage.artifact_path(batch["tenant"], job_id, link["name"])
                 if path.is_file():
                     bundle.write(path, f"{folder}/{link['name']}")
     out.seek(0)

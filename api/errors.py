@@ -2,14 +2,19 @@
 
     ApiError (500)
     ├── BadRequest (400)            unknown pipeline, option not of this pipeline, bad value
-    ├── NotFound (404)              no such job or artifact (expired jobs are not found)
+    ├── Forbidden (403)             the caller's role may not ask this (priority high)
+    ├── NotFound (404)              no such job or artifact (expired jobs, and other
+    │                               tenants' jobs, are not found)
     ├── Conflict (409)              result asked of an unfinished job; pipeline's model missing
     ├── PayloadTooLarge (413)       upload over CV_MAX_UPLOAD_BYTES
     ├── UnsupportedMediaType (415)  the upload is not an image the workers can decode
     ├── UnprocessableImage (422)    an image, but not one we process (pixel limit, empty)
+    ├── TooManyRequests (429)       over a tenant limit; ``Retry-After``; nothing was kept
     └── ServiceUnavailable (503)    RabbitMQ or Redis does not answer; nothing was kept
 
-Validation errors found by Connexion against the spec are its own 400 problems.
+Validation errors found by Connexion against the spec are its own 400 problems; its
+security layer answers 401 (no key, unknown or revoked: ``api.app`` adds
+``WWW-Authenticate``) and 403 (the role may not call the operation).
 Redis and broker connection errors raised anywhere in a handler become 503
 through the handlers registered in ``api.app``.
 """
@@ -41,10 +46,18 @@ class ApiError(Exception):
     def body(self) -> bytes:
         return json.dumps(self.problem()).encode()
 
+    def headers(self) -> dict[str, str]:
+        return {}
+
 
 class BadRequest(ApiError):
     status = 400
     title = "Bad Request"
+
+
+class Forbidden(ApiError):
+    status = 403
+    title = "Forbidden"
 
 
 class NotFound(ApiError):
@@ -70,6 +83,29 @@ class UnsupportedMediaType(ApiError):
 class UnprocessableImage(ApiError):
     status = 422
     title = "Unprocessable Content"
+
+
+class TooManyRequests(ApiError):
+    status = 429
+    title = "Too Many Requests"
+
+    def __init__(
+        self, detail: str, limit: str, limit_value: int, usage: int, retry_after: int
+    ) -> None:
+        super().__init__(detail)
+        self.limit, self.limit_value, self.usage = limit, limit_value, usage
+        self.retry_after = retry_after
+
+    def problem(self) -> dict[str, Any]:
+        return {
+            **super().problem(),
+            "limit": self.limit,
+            "limit_value": self.limit_value,
+            "usage": self.usage,
+        }
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
 
 class ServiceUnavailable(ApiError):

@@ -15,7 +15,7 @@ from common.settings import parse_bool
 from common.steps import Option
 
 # Multipart fields that are not options.
-NON_OPTIONS = frozenset({"file", "pipeline", "callback_url"})
+NON_OPTIONS = frozenset({"file", "pipeline", "callback_url", "priority"})
 
 
 def get_pipeline(catalogue: Catalogue, name: str) -> PipelineConfig:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from celery import Celery
 from flask import current_app
 
+from api.quotas import Quotas
 from common.catalogue import Catalogue
 from common.jobstore import JobStore
 from common.settings import Settings
@@ -22,6 +23,7 @@ class Services:
     store: JobStore
     storage: Storage
     celery: Celery
+    quotas: Quotas
 
 
 def services() -> Services:

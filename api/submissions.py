@@ -17,9 +17,11 @@ from typing import IO, Any
 import redis
 from kombu.exceptions import OperationalError
 
+from api.auth import Caller
 from api.errors import (
     BadRequest,
     Conflict,
+    Forbidden,
     PayloadTooLarge,
     ServiceUnavailable,
     UnprocessableImage,
@@ -31,7 +33,9 @@ from api.services import Services
 from common.callbacks import CallbackRefused, check_callback_url
 from common.catalogue import PipelineConfig
 from common.chains import build_start, step_task_ids
+from common.contract import Priority
 from common.images import ImageHeader, ImageUnprocessable, NotAnImage, inspect_image
+from common.jobstore.records import OverLimit
 from common.videos import NotAVideo, VideoInfo, VideoUnprocessable, probe_video
 
 log = logging.getLogger(__name__)
@@ -44,12 +48,21 @@ class Request:
     pipeline: PipelineConfig
     options: dict[str, Any]
     callback_url: str | None
+    tenant: str
+    key_id: str | None
+    priority: Priority
     # The options the client set (the rest are defaults).
     given: frozenset[str] = frozenset()
 
 
-def parse_request(svc: Services, fields: dict[str, Any]) -> Request:
-    """The pipeline, its options and the callback of a submission, or a 400/409."""
+def parse_request(
+    svc: Services, caller: Caller, fields: dict[str, Any], priority: Priority = "normal"
+) -> Request:
+    """The pipeline, its options, the callback and the priority of a submission by
+    ``caller`` (``priority`` unless it asks for another), or a 400/403/409."""
+    priority = fields.get("priority") or priority
+    if priority == "high" and not caller.is_admin:
+        raise Forbidden("only admins submit with priority high")
     pipeline = get_pipeline(svc.catalogue, str(fields.get("pipeline", "")))
     options = resolve_options(svc.catalogue, pipeline, fields)
     callback = str(fields["callback_url"]) if fields.get("callback_url") else None
@@ -61,21 +74,25 @@ def parse_request(svc: Services, fields: dict[str, Any]) -> Request:
         except CallbackRefused as exc:
             raise BadRequest(str(exc)) from exc
     given = frozenset(k for k, v in fields.items() if k not in NON_OPTIONS and v is not None)
-    return Request(pipeline, options, callback, given)
+    return Request(pipeline, options, callback, caller.tenant, caller.key_id, priority, given)
 
 
 def submit(
-    svc: Services, stream: IO[bytes], filename: str, fields: dict[str, Any]
+    svc: Services, caller: Caller, stream: IO[bytes], filename: str, fields: dict[str, Any]
 ) -> dict[str, Any]:
-    """Validate, store, record and queue a job (an image or a video); returns its record."""
-    request = parse_request(svc, fields)
+    """Validate, admit (the tenant's limits), store, record and queue a job (an image or
+    a video); returns its record."""
+    request = parse_request(svc, caller, fields)
     upload = check_upload(svc, stream)
     if not isinstance(upload, VideoInfo):
         refuse_video_options(request)
     refuse_if_unavailable(svc, request.pipeline.name, request.options["model"])
+    size = stream.seek(0, os.SEEK_END)
+    stream.seek(0)
+    limits = svc.quotas.admit(request.tenant, 1, size)
     if isinstance(upload, VideoInfo):
-        return submit_video(svc, request, upload, stream, filename)
-    return submit_image(svc, request, upload, stream, filename)
+        return submit_video(svc, request, upload, stream, filename, limits.active_jobs)
+    return submit_image(svc, request, upload, stream, filename, limits.active_jobs)
 
 
 def check_image(svc: Services, stream: IO[bytes]) -> ImageHeader:
@@ -143,21 +160,36 @@ def refuse_video_options(request: Request) -> None:
 
 
 def submit_image(
-    svc: Services, request: Request, header: ImageHeader, stream: IO[bytes], filename: str
+    svc: Services,
+    request: Request,
+    header: ImageHeader,
+    stream: IO[bytes],
+    filename: str,
+    active_limit: int,
+    batch: tuple[str, bool] | None = None,
 ) -> dict[str, Any]:
-    """Store, record and queue one checked image of a validated request; all or nothing."""
+    """Store, record and queue one checked image of a validated request; all or nothing.
+
+    ``batch``: the batch's id, and whether this member is held (recorded, published
+    later by the member before it ending).
+    """
     input_info = _input_info("image", filename, header.content_type, header.format)
     input_info.update(width=header.width, height=header.height)
-    return _enqueue(svc, request, stream, header.extension, input_info)
+    return _enqueue(svc, request, stream, header.extension, input_info, active_limit, batch)
 
 
 def submit_video(
-    svc: Services, request: Request, info: VideoInfo, stream: IO[bytes], filename: str
+    svc: Services,
+    request: Request,
+    info: VideoInfo,
+    stream: IO[bytes],
+    filename: str,
+    active_limit: int,
 ) -> dict[str, Any]:
     """Store, record and queue one probed video; the workers split it into chunks."""
     input_info = _input_info("video", filename, info.content_type, info.container)
     input_info.update(width=info.width, height=info.height, video=info.as_dict())
-    return _enqueue(svc, request, stream, info.extension, input_info)
+    return _enqueue(svc, request, stream, info.extension, input_info, active_limit)
 
 
 def _input_info(kind: str, filename: str, content_type: str, fmt: str) -> dict[str, Any]:
@@ -176,15 +208,20 @@ def _enqueue(
     stream: IO[bytes],
     extension: str,
     input_info: dict[str, Any],
+    active_limit: int,
+    batch: tuple[str, bool] | None = None,
 ) -> dict[str, Any]:
     """Store the upload, record the job and publish its first step; all or nothing.
 
-    The record notes the job unpublished until RabbitMQ confirmed the publish: if this
-    process dies in between, upkeep publishes it (``celery_worker.upkeep``).
+    The record is refused (429, the upload removed again) when the tenant reached its
+    limit of active jobs meanwhile. It notes the job unpublished until RabbitMQ
+    confirmed the publish: if this process dies in between, upkeep publishes it
+    (``celery_worker.upkeep``).
     """
     pipeline = request.pipeline
+    tenant = request.tenant
     job_id = uuid.uuid4().hex
-    input_key = svc.storage.key(job_id, "input" + extension)
+    input_key = svc.storage.key(tenant, job_id, "input" + extension)
     try:
         size = svc.storage.write_stream(input_key, stream)
         stages = [(step.stage, step.queue) for step in pipeline.steps]
@@ -196,14 +233,25 @@ def _enqueue(
             {"key": input_key, **input_info, "bytes": size},
             step_task_ids(job_id, pipeline),
             request.callback_url,
+            tenant=tenant,
+            key_id=request.key_id,
+            priority=request.priority,
+            active_limit=active_limit,
+            batch_id=batch[0] if batch else None,
+            held=bool(batch and batch[1]),
         )
+    except OverLimit:
+        svc.storage.remove_job(tenant, job_id)
+        raise svc.quotas.over_active(tenant, active_limit, svc.store.jobs.active(tenant)) from None
     except BaseException:
-        svc.storage.remove_job(job_id)
+        svc.storage.remove_job(tenant, job_id)
         raise
+    if record["held"]:
+        return record  # published when a member before it ends
     try:
-        build_start(svc.celery, pipeline, job_id, request.options, record["input"]).apply_async()
+        build_start(svc.celery, pipeline, record).apply_async()
     except BaseException as exc:
-        _rollback(svc, job_id)
+        _rollback(svc, tenant, job_id)
         if isinstance(exc, OperationalError):
             raise ServiceUnavailable(f"the message broker does not answer: {exc}") from exc
         raise
@@ -230,9 +278,9 @@ def refuse_if_unavailable(svc: Services, pipeline: str, model: str) -> None:
         raise Conflict(f"pipeline {pipeline!r} with model {model!r} is unavailable: {reason}")
 
 
-def _rollback(svc: Services, job_id: str) -> None:
+def _rollback(svc: Services, tenant: str, job_id: str) -> None:
     try:
-        svc.store.jobs.delete(job_id)
+        svc.store.jobs.delete(job_id, tenant)
     except redis.RedisError:
         log.exception("could not remove the record of job %s after a failed publish", job_id)
-    svc.storage.remove_job(job_id)
+    svc.storage.remove_job(tenant, job_id)

@@ -29,6 +29,8 @@ def job_view(record: dict[str, Any]) -> dict[str, Any]:
     succeeded = record["state"] == "succeeded"
     return {
         "id": job_id,
+        "tenant": record["tenant"],
+        "priority": record["priority"],
         "pipeline": record["pipeline"],
         "state": record["state"],
         "step": record.get("step"),

@@ -29,12 +29,23 @@ from typing import Any
 from common.settings import REPO_ROOT, Settings
 
 RESULTS = REPO_ROOT / "benchmarks" / "results"
+# A member key of tenant "bench", made once and kept in var/bench-key (api.keys.saved_key).
+KEY: dict[str, str] = {}
+
+
+def use_bench_key() -> None:
+    from api.keys import saved_key
+
+    key = saved_key(
+        REPO_ROOT / "var" / "bench-key", "bench", "benchmarks", "member", Settings.from_env()
+    )
+    KEY["X-API-Key"] = key
 
 
 def request(
     method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None
 ) -> tuple[int, dict[str, Any] | None]:
-    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    req = urllib.request.Request(url, data=body, method=method, headers={**KEY, **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=60) as response:
             data = response.read()
@@ -171,7 +182,7 @@ def batch_end_to_end(api: str, pipeline: str, count: int) -> dict[str, Any]:
         assert batch is not None
     elapsed = time.perf_counter() - started
     url = f"{api}/v1/batches/{batch['id']}/download"
-    with urllib.request.urlopen(url, timeout=120) as zipped:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=KEY), timeout=120) as zipped:
         size = len(zipped.read())
     downloaded = time.perf_counter() - started
     return {
@@ -197,6 +208,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=0, help="also time a batch of N images")
     parser.add_argument("--batch-pipeline", default="detect")
     args = parser.parse_args()
+    use_bench_key()
 
     status, ready = request("GET", f"{args.api}/health/ready")
     if status != 200:

@@ -9,20 +9,20 @@ import numpy as np
 
 from celery_worker.context import WorkerContext
 from celery_worker.imaging import encode, safe_name
-from common.contract import artifact_content_type, artifact_href
+from common.contract import JobPayload, artifact_content_type, artifact_href
 
 
-def store(ctx: WorkerContext, job_id: str, name: str, data: bytes) -> dict[str, Any]:
-    """Write ``data`` as the artifact ``name`` (atomically); returns its entry."""
-    ctx.storage.write_bytes(ctx.storage.key(job_id, "artifacts", name), data)
+def store(ctx: WorkerContext, job: JobPayload, name: str, data: bytes) -> dict[str, Any]:
+    """Write ``data`` as the artifact ``name`` of the payload's job; returns its entry."""
+    ctx.storage.write_bytes(ctx.storage.key(job["tenant"], job["job_id"], "artifacts", name), data)
     return {"name": name, "content_type": artifact_content_type(name), "bytes": len(data)}
 
 
 def store_image(
-    ctx: WorkerContext, job_id: str, stem: str, image: np.ndarray, fmt: str
+    ctx: WorkerContext, job: JobPayload, stem: str, image: np.ndarray, fmt: str
 ) -> dict[str, Any]:
     """``image`` (BGR) as ``<stem>.jpg`` or ``<stem>.png``; returns its entry."""
-    return store(ctx, job_id, f"{stem}.{'png' if fmt == 'png' else 'jpg'}", encode(image, fmt))
+    return store(ctx, job, f"{stem}.{'png' if fmt == 'png' else 'jpg'}", encode(image, fmt))
 
 
 def describe(path: Path) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from celery import Celery
 
 from celery_worker.models import ModelRegistry, configure_ultralytics, specs_from
+from common.batching import after_end
 from common.catalogue import Catalogue, load_catalogue
 from common.contract import QUEUE_NOTIFY, TASK_NOTIFY
 from common.jobstore import JobStore
@@ -43,3 +44,8 @@ class WorkerContext:
         """Queue the job's callback, if it asked for one (sent by ``tasks.notify``)."""
         if self.store.jobs.callback_url(job_id):
             self.celery.send_task(TASK_NOTIFY, args=(job_id,), queue=QUEUE_NOTIFY)
+
+    def ended(self, job_id: str) -> None:
+        """The job succeeded or failed here: its callback, and its batch's next member."""
+        self.notify(job_id)
+        after_end(self.store, self.celery, self.catalogue.pipelines, self.store.jobs.get(job_id))

@@ -119,9 +119,9 @@ def job_step(
             begin = jobs.stage_started if continues_stage else jobs.step_started
             out = _guarded(task, fn, payload, step, step, begin)
             if final:
-                ctx.notify(job_id)
+                ctx.ended(job_id)
             elif finishes_step and not jobs.step_finished(job_id, step):
-                forget(ctx, job_id)
+                forget(ctx, payload["tenant"], job_id)
                 raise Ignore()
             return out
 
@@ -170,13 +170,13 @@ def _guarded(
     if redelivered and gave_up_after_redelivery(ctx, job_id, redelivery_key):
         raise Ignore()
     if not begin(job_id, step):
-        forget(ctx, job_id)
+        forget(ctx, payload["tenant"], job_id)
         raise Ignore()
     started = time.perf_counter()
     try:
         out = fn(ctx, payload)
     except JobGone:
-        forget(ctx, job_id)
+        forget(ctx, payload["tenant"], job_id)
         raise Ignore() from None
     except ChunkAlreadyDone:
         raise Ignore() from None
@@ -185,16 +185,16 @@ def _guarded(
     except Exception as exc:
         if ctx.store.jobs.state(job_id) != "running":
             # Cancelled (files removed) while the step ran: its failure is moot.
-            forget(ctx, job_id)
+            forget(ctx, payload["tenant"], job_id)
             raise Ignore() from None
         if isinstance(exc, StepFailed):
-            _fail(ctx, job_id, step, exc.kind, str(exc))
+            _fail(ctx, payload, step, exc.kind, str(exc))
             raise Ignore() from None
         if isinstance(exc, SoftTimeLimitExceeded):
             limit = ctx.settings.step_time_limit_seconds
-            _fail(ctx, job_id, step, "timeout", f"the {step} step ran over {limit} s")
+            _fail(ctx, payload, step, "timeout", f"the {step} step ran over {limit} s")
             raise Ignore() from None
-        _fail(ctx, job_id, step, "internal", f"{type(exc).__name__}: {exc}")
+        _fail(ctx, payload, step, "internal", f"{type(exc).__name__}: {exc}")
         raise
     out.setdefault("timings", {})[step] = round(time.perf_counter() - started, 4)
     return out
@@ -217,22 +217,23 @@ def gave_up_after_redelivery(ctx: WorkerContext, job_id: str, key: str) -> bool:
         "worker-lost",
         f"the worker running {what} died {count} times on this job; not retried again",
     ):
-        ctx.notify(job_id)
+        ctx.ended(job_id)
     return True
 
 
-def _fail(ctx: WorkerContext, job_id: str, step: str, kind: str, detail: str) -> None:
+def _fail(ctx: WorkerContext, payload: Any, step: str, kind: str, detail: str) -> None:
+    job_id = payload["job_id"]
     if ctx.store.jobs.fail(job_id, step, kind, detail):
-        ctx.notify(job_id)
-    forget(ctx, job_id)
+        ctx.ended(job_id)
+    forget(ctx, payload["tenant"], job_id)
 
 
-def forget(ctx: WorkerContext, job_id: str) -> None:
+def forget(ctx: WorkerContext, tenant: str, job_id: str) -> None:
     """Remove a cancelled or vanished job's files (a step may have re-made some), and a
     failed job's working files (a video's decoded frames and segments); its upload stays.
     """
     state = ctx.store.jobs.state(job_id)
     if state in (None, "cancelled"):
-        ctx.storage.remove_job(job_id)
+        ctx.storage.remove_job(tenant, job_id)
     elif state == "failed":
-        shutil.rmtree(ctx.storage.job_dir(job_id) / "work", ignore_errors=True)
+        shutil.rmtree(ctx.storage.job_dir(tenant, job_id) / "work", ignore_errors=True)

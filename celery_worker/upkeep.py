@@ -11,6 +11,8 @@ first in Redis (``JobStore.claim``), runs ``run_upkeep``:
   their callbacks;
 - re-publishes jobs the API recorded but whose publish it never confirmed (it died
   in between), or fails them when their pipeline is gone;
+- releases held members of batches whose window stalled (the process that should
+  have released the next member died, or the broker was down);
 - drops the model reports of inference workers that stopped reporting.
 
 Reads (the API's GETs) never write; everything that tidies up is here.
@@ -42,10 +44,12 @@ from redis.exceptions import LockError
 from celery_worker.context import WorkerContext
 from celery_worker.task import forget
 from celery_worker.video.chunks import FINISH_SECONDS_PER_FRAME
+from common.batching import release
 from common.catalogue import load_catalogue
 from common.celery_app import HARD_LIMIT_GRACE_SECONDS
 from common.chains import build_start
 from common.clock import seconds_since
+from common.contract import DEFAULT_TENANT
 from common.jobstore import JobStore
 from common.jobstore.records import JobRecords
 from common.settings import Settings
@@ -74,6 +78,7 @@ class UpkeepReport:
     stuck: int  # jobs failed as stuck
     republished: int  # jobs published again
     abandoned: int  # unpublished jobs failed (pipeline gone)
+    released: int = 0  # held batch members released for stalled windows
 
 
 def run_upkeep(ctx: WorkerContext, now: float | None = None) -> UpkeepReport | None:
@@ -86,39 +91,50 @@ def run_upkeep(ctx: WorkerContext, now: float | None = None) -> UpkeepReport | N
         expired = purge_expired(ctx.store, ctx.storage, now)
 
         def failed(job_id: str) -> None:
-            ctx.notify(job_id)
-            forget(ctx, job_id)  # its working files (a video's frames and segments)
+            ctx.ended(job_id)
+            tenant = ctx.store.jobs.tenant_of(job_id) or DEFAULT_TENANT
+            forget(ctx, tenant, job_id)  # its working files (a video's frames and segments)
 
         stuck = fail_stuck_jobs(ctx.store.jobs, stuck_after(ctx.settings), now, failed)
         republished, abandoned = republish_unpublished(ctx, now)
+        released = release_stalled_batches(ctx, now)
         ctx.store.workers.prune()
     finally:
         try:
             lock.release()
         except LockError:  # the pass outlived its lock; the next one runs on its own
             log.warning("upkeep: a pass took longer than %s s", PASS_LOCK_SECONDS)
-    report = UpkeepReport(expired, stuck, republished, abandoned)
-    if expired or stuck or republished or abandoned:
+    report = UpkeepReport(expired, stuck, republished, abandoned, released)
+    if expired or stuck or republished or abandoned or released:
         log.info("upkeep: %s", report)
     return report
 
 
 def purge_expired(store: JobStore, storage: Storage, now: float | None = None) -> int:
-    """Delete jobs submitted more than the TTL ago; returns how many went."""
+    """Delete jobs submitted more than the TTL ago, tenant by tenant; returns how many went."""
     now = time.time() if now is None else now
-    expired = store.jobs.expired_ids(now)
-    for job_id in expired:
-        storage.remove_job(job_id)
-        store.jobs.delete(job_id)
-    for job_id in storage.job_ids():
-        try:
-            age = now - storage.job_dir(job_id).stat().st_mtime
-        except FileNotFoundError:  # deleted meanwhile (API DELETE, a cancelled step)
-            continue
-        if age > ORPHAN_AGE_SECONDS and store.jobs.state(job_id) is None:
-            storage.remove_job(job_id)
+    count = 0
+    for tenant in sorted({DEFAULT_TENANT, *store.tenants.names(), *storage.tenants()}):
+        for job_id in store.jobs.expired_ids(now, tenant=tenant):
+            storage.remove_job(tenant, job_id)
+            store.jobs.delete(job_id, tenant)
+            count += 1
+        for job_id in storage.job_ids(tenant):
+            try:
+                age = now - storage.job_dir(tenant, job_id).stat().st_mtime
+            except FileNotFoundError:  # deleted meanwhile (API DELETE, a cancelled step)
+                continue
+            if age > ORPHAN_AGE_SECONDS and store.jobs.state(job_id) is None:
+                storage.remove_job(tenant, job_id)
+    # Left in the list of every job only (made before tenants existed and not migrated,
+    # common/migrate.py): its tenant is the record's, while it lasts.
+    for job_id in store.jobs.expired_ids(now):
+        tenant = store.jobs.tenant_of(job_id) or DEFAULT_TENANT
+        storage.remove_job(tenant, job_id)
+        store.jobs.delete(job_id, tenant)
+        count += 1
     _purge_scratch(storage, now)
-    return len(expired)
+    return count
 
 
 def _purge_scratch(storage: Storage, now: float) -> None:
@@ -232,15 +248,13 @@ def republish_unpublished(ctx: WorkerContext, now: float) -> tuple[int, int]:
             reason = f"its pipeline {record['pipeline']!r} is no longer configured"
         else:
             try:
-                start = build_start(
-                    ctx.celery, pipeline, job_id, record["options"], record["input"]
-                )
+                start = build_start(ctx.celery, pipeline, record)
             except (KeyError, TypeError) as exc:  # a record this version cannot read
                 reason = f"its record cannot be read ({type(exc).__name__}: {exc})"
         if reason is not None:
             detail = f"the API stopped before queueing the job, and {reason}; submit it again"
             if jobs.fail(job_id, None, "internal", detail):
-                ctx.notify(job_id)
+                ctx.ended(job_id)
             jobs.published(job_id)
             failed += 1
             continue
@@ -253,6 +267,30 @@ def republish_unpublished(ctx: WorkerContext, now: float) -> tuple[int, int]:
         log.warning("upkeep: job %s was recorded but never published; published it now", job_id)
         published += 1
     return published, failed
+
+
+def release_stalled_batches(ctx: WorkerContext, now: float) -> int:
+    """Fill the window of each batch with held members and fewer in flight than it allows."""
+    window = ctx.settings.batch_window or 1
+    released = 0
+    for batch_id in ctx.store.batches.with_held():
+        batch = ctx.store.batches.get(batch_id)
+        if batch is None:
+            # The API may be recording it now; past the grace, it died before finishing.
+            first = ctx.store.redis.lindex(ctx.store.keys.held(batch_id), 0)
+            record = ctx.store.jobs.get(str(first)) if first else None
+            submitted = datetime.fromisoformat(record["submitted_at"]).timestamp() if record else 0
+            if now - submitted < UNPUBLISHED_AFTER_SECONDS:
+                continue
+            in_flight = 0
+        else:
+            in_flight = ctx.store.jobs.in_flight(
+                [m["job_id"] for m in batch["members"] if m["job_id"]]
+            )
+        if in_flight < window:
+            pipelines = load_catalogue(ctx.settings).pipelines
+            released += release(ctx.store, ctx.celery, pipelines, batch_id, window - in_flight)
+    return released
 
 
 class UpkeepTimer(threading.Thread):

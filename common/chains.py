@@ -9,6 +9,10 @@
 ``build_start`` makes a job's first publish from what its record holds, so the API
 (on submission) and upkeep (re-publishing a job the API recorded but never
 published) publish the same thing.
+
+Every message of a job carries its priority (``low`` for batch members, ``normal``,
+``high`` for admins): RabbitMQ hands out higher ones first, so one tenant's big batch
+never makes another's single photo wait behind it.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from celery.canvas import Signature, chain
 
 from common.catalogue import PipelineConfig
 from common.contract import (
+    PRIORITIES,
     QUEUE_INFERENCE,
     QUEUE_POSTPROCESS,
     QUEUE_PREPROCESS,
@@ -30,6 +35,8 @@ from common.contract import (
     TASK_PREPROCESS_VIDEO_CHUNK,
     ChunkPayload,
     ImagePayload,
+    JobPayload,
+    Priority,
     VideoPayload,
 )
 
@@ -62,6 +69,7 @@ def build_chain(
             queue=step.queue,
             routing_key=step.queue,
             task_id=task_id,
+            priority=rank(payload["priority"]),
         )
         for index, (step, task_id) in enumerate(zip(pipeline.steps, task_ids, strict=True))
     ]
@@ -76,6 +84,7 @@ def build_video_start(app: Celery, payload: VideoPayload, task_id: str) -> Signa
         queue=QUEUE_PREPROCESS,
         routing_key=QUEUE_PREPROCESS,
         task_id=task_id,
+        priority=rank(payload["priority"]),
     )
 
 
@@ -90,39 +99,42 @@ def build_chunk_chain(app: Celery, payload: ChunkPayload) -> Signature:
                 queue=queue,
                 routing_key=queue,
                 task_id=f"{job_id}-c{index}-{stage}",
+                priority=rank(payload["priority"]),
             )
             for position, (task, queue, stage) in enumerate(CHUNK_STEPS)
         )
     )
 
 
-def build_start(
-    app: Celery,
-    pipeline: PipelineConfig,
-    job_id: str,
-    options: dict[str, Any],
-    input_info: dict[str, Any],
-) -> Signature:
-    """A job's first publish, from its record's options and input (``key``, ``kind``, size)."""
+def build_start(app: Celery, pipeline: PipelineConfig, record: dict[str, Any]) -> Signature:
+    """A job's first publish, from its record: options, tenant, priority and input
+    (``key``, ``kind``, size)."""
+    job_id, options, input_info = record["id"], record["options"], record["input"]
     task_ids = step_task_ids(job_id, pipeline)
+    base: JobPayload = {
+        "job_id": job_id,
+        "tenant": record["tenant"],
+        "priority": record["priority"],
+        "pipeline": pipeline.name,
+        "model_name": options["model"],
+        "options": options,
+        "input_key": input_info["key"],
+    }
     if input_info["kind"] == "video":
         video: VideoPayload = {
-            "job_id": job_id,
-            "pipeline": pipeline.name,
-            "model_name": options["model"],
-            "options": options,
-            "input_key": input_info["key"],
+            **base,
             "kind": "video",
             "video": input_info["video"],
             "render": pipeline.steps[-1].name,
         }
         return build_video_start(app, video, task_ids[0])
-    image: ImagePayload = {
-        "job_id": job_id,
-        "pipeline": pipeline.name,
-        "model_name": options["model"],
-        "options": options,
-        "input_key": input_info["key"],
-        "image": {"width": input_info["width"], "height": input_info["height"]},
-    }
+    size = {"width": input_info["width"], "height": input_info["height"]}
+    # mypy cannot tell that ** of a JobPayload fills an ImagePayload's required keys.
+    image: ImagePayload = {**base, "image": size}  # type: ignore[typeddict-item]
     return build_chain(app, pipeline, image, task_ids)
+
+
+def rank(priority: Priority | str) -> int:
+    """The RabbitMQ priority of a job's messages."""
+    ranks: dict[str, int] = {name: value for name, value in PRIORITIES.items()}
+    return ranks.get(priority, PRIORITIES["normal"])

@@ -48,6 +48,14 @@ ACTIVE_STATES: tuple[JobState, ...] = ("queued", "running")
 TERMINAL_STATES: tuple[JobState, ...] = ("succeeded", "failed", "cancelled")
 JOB_STATES: tuple[JobState, ...] = ACTIVE_STATES + TERMINAL_STATES
 
+# Records made before tenants existed belong to this tenant, as do all jobs with auth off.
+DEFAULT_TENANT = "default"
+Role = Literal["reader", "member", "admin"]
+ROLES: tuple[Role, ...] = ("reader", "member", "admin")  # each may do what those before may
+# RabbitMQ priorities (the queues are declared with x-max-priority = the highest).
+Priority = Literal["low", "normal", "high"]
+PRIORITIES: dict[Priority, int] = {"low": 1, "normal": 2, "high": 3}
+
 ModelTask = Literal["detect", "segment", "faces"]
 MODEL_TASKS: tuple[ModelTask, ...] = ("detect", "segment", "faces")
 STAGES = ("preprocess", "inference", "postprocess")
@@ -83,6 +91,8 @@ class JobPayload(TypedDict):
     """What the first step of every job receives from the API."""
 
     job_id: str
+    tenant: str  # whose job: its files are under the tenant's storage folder
+    priority: Priority  # what every later message of the job is published with
     pipeline: str
     model_name: str
     options: dict[str, Any]

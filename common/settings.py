@@ -51,6 +51,10 @@ class Settings:
     # A batch request (all files, or the zip, together) and its number of images.
     max_batch_bytes: int = 512 * 1024 * 1024
     max_batch_files: int = 1000
+    # Members of one batch in flight at once (the rest wait, recorded, and each member that
+    # ends releases the next): a big batch never floods the queues ahead of other work.
+    # 0: all at once.
+    batch_window: int = 16
     # Videos: largest upload, longest duration, frames per chunk (one inference task each),
     # the most bytes of decoded frames one chunk may hold (fewer frames for large sizes),
     # and how many chunks of one video are in flight at once (bounds the disk they use).
@@ -73,6 +77,19 @@ class Settings:
     # Callbacks: loopback receivers allowed? Only these hosts/CIDRs (comma list; empty: any)?
     callback_allow_loopback: bool = False
     callback_hosts: str = ""
+    # After a tenant's signing secret is rotated, callbacks carry signatures of both the new
+    # and the old secret for this long, so receivers can switch without losing any.
+    signing_secret_grace_seconds: int = 24 * 3600
+    # API keys (api/auth.py). Off only when set explicitly; the API logs a warning at start.
+    auth: bool = True
+    # Seconds the API may answer from its memory of a key (a revoked key fails after this).
+    key_cache_seconds: float = 2.0
+    # Per-tenant limits unless the admin API sets others (0: no limit): jobs queued or
+    # running (a video counts once), submissions per minute (a batch counts once), and
+    # bytes stored (uploads and artifacts of jobs not yet expired or deleted).
+    quota_active_jobs: int = 1000
+    quota_submissions_per_minute: int = 600
+    quota_bytes: int = 50 * 1024**3
     # Every variable seen (.env under the environment), for ${NAME} in the config files.
     environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 

@@ -1,8 +1,10 @@
 """Files of a job on disk: the upload, intermediate arrays and the artifacts.
 
-Every file lives under ``<storage_dir>/jobs/<job_id>/``; a storage key is the
-path relative to ``storage_dir``. Keys, not bytes, travel in task messages, so
-all hosts running workers must mount the same storage directory.
+Every file of a job lives under ``<storage_dir>/tenants/<tenant>/jobs/<job_id>/``;
+a storage key is the path relative to ``storage_dir``. A tenant's files are in one
+folder of their own (its size is ``du`` of it; removing a tenant is one ``rm``).
+Keys, not bytes, travel in task messages, so all hosts running workers must mount
+the same storage directory.
 
 ``<storage_dir>/tmp/`` holds uploads while a request receives them (api/uploads.py):
 on the same filesystem as the jobs, so a received upload is linked into place,
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import IO
 
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+_TENANT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -42,17 +45,22 @@ class Storage:
         """Scratch space for uploads being received (not made here: its users create it)."""
         return self.root / "tmp"
 
-    def job_dir(self, job_id: str) -> Path:
+    def tenant_dir(self, tenant: str) -> Path:
+        if not _TENANT.match(tenant):
+            raise StorageKeyError(f"not a tenant name: {tenant!r}")
+        return self.root / "tenants" / tenant
+
+    def job_dir(self, tenant: str, job_id: str) -> Path:
         if not _JOB_ID.match(job_id):
             raise StorageKeyError(f"not a job id: {job_id!r}")
-        return self.root / "jobs" / job_id
+        return self.tenant_dir(tenant) / "jobs" / job_id
 
-    def key(self, job_id: str, *parts: str) -> str:
+    def key(self, tenant: str, job_id: str, *parts: str) -> str:
         """The storage key of ``parts`` (e.g. ``"artifacts", "blurred.jpg"``) of a job."""
         for part in parts:
             if not _NAME.match(part):
                 raise StorageKeyError(f"bad file name: {part!r}")
-        return "/".join(("jobs", self.job_dir(job_id).name, *parts))
+        return str(self.job_dir(tenant, job_id).relative_to(self.root).joinpath(*parts))
 
     def path(self, key: str) -> Path:
         """The absolute path of a key; refuses keys that escape the storage directory."""
@@ -133,16 +141,23 @@ class Storage:
         """Write ``data`` to ``key`` atomically, so a reader never sees half a file."""
         self.write_stream(key, io.BytesIO(data))
 
-    def artifact_path(self, job_id: str, name: str) -> Path:
-        return self.path(self.key(job_id, "artifacts", name))
+    def artifact_path(self, tenant: str, job_id: str, name: str) -> Path:
+        return self.path(self.key(tenant, job_id, "artifacts", name))
 
-    def remove_job(self, job_id: str) -> None:
+    def remove_job(self, tenant: str, job_id: str) -> None:
         """Delete every file of a job (no error when there are none)."""
-        shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+        shutil.rmtree(self.job_dir(tenant, job_id), ignore_errors=True)
 
-    def job_ids(self) -> list[str]:
-        """Ids of the jobs that have files, for the janitor."""
-        jobs = self.root / "jobs"
+    def tenants(self) -> list[str]:
+        """The tenants that have files, for upkeep."""
+        folder = self.root / "tenants"
+        if not folder.is_dir():
+            return []
+        return sorted(p.name for p in folder.iterdir() if _TENANT.match(p.name))
+
+    def job_ids(self, tenant: str) -> list[str]:
+        """Ids of the tenant's jobs that have files, for upkeep."""
+        jobs = self.tenant_dir(tenant) / "jobs"
         if not jobs.is_dir():
             return []
         return [p.name for p in jobs.iterdir() if _JOB_ID.match(p.name)]

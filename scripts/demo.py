@@ -30,12 +30,15 @@ from common.settings import REPO_ROOT, Settings
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 POLL_SECONDS = 0.2
+# The demo tenant's key, made once and kept here (only its hash is in Redis).
+KEY_FILE = REPO_ROOT / "var" / "demo-key"
+KEY: dict[str, str] = {}  # the header every call sends
 
 
 def call(
     method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None
 ) -> tuple[int, bytes]:
-    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    req = urllib.request.Request(url, data=body, method=method, headers={**KEY, **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=60) as response:
             return response.status, response.read()
@@ -133,6 +136,13 @@ def sample_video(folder: Path) -> Path:
     return path
 
 
+def demo_key() -> str:
+    """The demo tenant's member key: the saved one while it is valid, else a new one."""
+    from api.keys import saved_key
+
+    return saved_key(KEY_FILE, "demo", "make demo", "member", Settings.from_env())
+
+
 def describe(result: dict[str, Any]) -> str:
     """What a result found, e.g. '4 (3x person, 1x tie)'; for a video, its tracks."""
     if result.get("kind") == "video":
@@ -164,6 +174,10 @@ def main() -> int:
     if not args.photos and not args.no_video:
         photos.append(sample_video(args.out))
 
+    key = demo_key()
+    KEY["X-API-Key"] = key
+    print(f"Tenant demo, member key {key[:12]}... (all of it in {KEY_FILE}):")
+    print(f"  curl -H 'X-API-Key: {key}' {args.api}/v1/usage")
     catalogue = get_json(f"{args.api}/v1/pipelines")["pipelines"]
     print("Pipelines:")
     runnable = []
@@ -200,7 +214,7 @@ def main() -> int:
     out = args.out.resolve()
     print(f"""
 Where to look:
-  Swagger UI (try the API):      {args.api}/
+  Swagger UI (try the API):      {args.api}/  (Authorize: the key in {KEY_FILE})
   RabbitMQ management console:   http://127.0.0.1:15672/  (guest / guest)
   Results and artifacts:         {out}
   Logs:                          var/log/

@@ -19,7 +19,9 @@ from celery_worker.samples import ultralytics_assets
 from common.contract import QUEUES
 from common.settings import Settings
 from tests.support import stack
+from tests.support.api import offline_app
 from tests.support.jobs import wait_until
+from tests.support.keys import StackKeys, headers, make_stack_keys
 
 UNREACHABLE = {
     "CV_BROKER_URL": "amqp://guest:guest@127.0.0.1:1//",
@@ -47,9 +49,8 @@ def offline_settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def offline_client(offline_settings: Settings) -> Any:
-    from api.app import create_app
-
-    return create_app(offline_settings).test_client()
+    """The API with Redis and RabbitMQ down, a member key of a key table in memory."""
+    return offline_app(offline_settings)
 
 
 # --- the real stack ---------------------------------------------------------------
@@ -130,11 +131,46 @@ def workers(
 
 
 @pytest.fixture(scope="session")
-def api_client(stack_settings: Settings, workers: Any) -> Any:
-    """The API in-process (Starlette test client) against the real RabbitMQ, Redis, workers."""
+def stack_store(stack_settings: Settings) -> Any:
+    from common.jobstore import JobStore
+
+    s = stack_settings
+    return JobStore.from_url(s.redis_url, s.redis_prefix, s.job_ttl_seconds)
+
+
+@pytest.fixture(scope="session")
+def keys(stack_store: Any) -> StackKeys:
+    """Real keys in the stack's Redis: members of acme and globex, a reader, an admin."""
+    return make_stack_keys(stack_store)
+
+
+@pytest.fixture(scope="session")
+def stack_app(stack_settings: Settings, workers: Any) -> Any:
     from api.app import create_app
 
-    return create_app(stack_settings).test_client()
+    return create_app(stack_settings)
+
+
+@pytest.fixture(scope="session")
+def api_client(stack_app: Any, keys: StackKeys) -> Any:
+    """The API in-process (Starlette test client) against the real RabbitMQ, Redis and
+    workers, as a member of tenant acme."""
+    client = stack_app.test_client()
+    client.headers.update(headers(keys.acme))
+    return client
+
+
+@pytest.fixture
+def client_as(stack_app: Any, keys: StackKeys) -> Any:
+    """``client_as("globex")``: a client of the same app with another of ``keys``."""
+
+    def make(label: str | None) -> Any:
+        client = stack_app.test_client()
+        if label is not None:
+            client.headers.update(headers(getattr(keys, label)))
+        return client
+
+    return make
 
 
 @pytest.fixture(scope="session")
@@ -144,3 +180,13 @@ def http_api(stack_env: dict[str, str], workers: Any, stack_dir: Path) -> Iterat
     logs.mkdir(exist_ok=True)
     with stack.gunicorn(stack_env, logs) as base:
         yield base
+
+
+@pytest.fixture(scope="session")
+def http(keys: StackKeys) -> Iterator[Any]:
+    """A requests session sending acme's member key."""
+    import requests
+
+    with requests.Session() as session:
+        session.headers.update(headers(keys.acme))
+        yield session

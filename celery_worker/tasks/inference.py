@@ -73,7 +73,7 @@ def infer_segment(ctx: WorkerContext, payload: ImagePayload) -> ImagePayload:
     loaded, result = _predict_yolo(ctx, payload, "segment")
     box = payload["letterbox"]
     detections = from_yolo(result, loaded.names, box, _size(payload))
-    key = ctx.storage.key(payload["job_id"], "work", "masks.npz")
+    key = ctx.storage.key(payload["tenant"], payload["job_id"], "work", "masks.npz")
     ctx.storage.write_bytes(key, pack(yolo_masks(result, box["height"], box["width"])))
     return {
         **payload,
@@ -108,7 +108,7 @@ def infer_chunk(ctx: WorkerContext, payload: ChunkPayload) -> ChunkPayload:
     ledger = ctx.store.chunks
     if ledger.is_done(job_id, "postprocess", index):
         raise ChunkAlreadyDone()
-    detections_key = work_key(ctx, job_id, index, "json")
+    detections_key = work_key(ctx, payload, index, "json")
     out: ChunkPayload = {**payload, "detections_key": detections_key}
     if ledger.is_done(job_id, "inference", index) and ctx.storage.path(detections_key).is_file():
         chunk_finished(ctx, payload, "inference", 0.0)  # counted once; marks the stage

@@ -2,7 +2,11 @@
 
 Runs on its own ``notify`` queue, so a slow or dead receiver never holds up a
 job's steps. The address is checked again before each attempt
-(``common.callbacks``); redirects are not followed. Connection errors and
+(``common.callbacks``); redirects are not followed. Every callback is signed the
+Standard Webhooks way: ``webhook-id`` (the same on every retry, so receivers can
+drop duplicates), ``webhook-timestamp`` and ``webhook-signature``, an HMAC-SHA256 of
+``id.timestamp.body`` with each valid signing secret of the job's tenant (two
+during a rotation's grace period). Connection errors and
 non-2xx answers are retried with exponential back-off (about five minutes in
 all); the outcome is recorded on the job (``notification``) in general terms,
 so the field does not become a probe of the internal network.
@@ -14,7 +18,10 @@ import http.client
 import json
 import urllib.error
 import urllib.request
+from datetime import UTC, datetime
 from typing import Any
+
+from standardwebhooks import Webhook
 
 from celery_worker.task import StepTask, worker_task
 from common.callbacks import CallbackRefused, check_callback_url
@@ -79,11 +86,17 @@ def notify_job(self: StepTask, job_id: str) -> None:
     except CallbackRefused as exc:
         jobs.set_notification(job_id, f"not sent: {exc}")
         return
+    body = json.dumps(callback_body(record))
+    tenant, _ = ctx.store.tenants.ensure(record["tenant"])
     request = urllib.request.Request(
         url,
-        data=json.dumps(callback_body(record)).encode(),
+        data=body.encode(),
         method="POST",
-        headers={"Content-Type": "application/json", "User-Agent": "cvjobs-callback/1"},
+        headers={
+            "Content-Type": "application/json",
+            "User-Agent": "cvjobs-callback/1",
+            **signature_headers(f"msg_{job_id}", body, tenant.valid_secrets()),
+        },
     )
     try:
         with _OPENER.open(request, timeout=TIMEOUT_SECONDS) as response:
@@ -95,6 +108,17 @@ def notify_job(self: StepTask, job_id: str) -> None:
     if not 200 <= status < 300:
         _failed(self, job_id, f"attempt {attempt}: the receiver answered HTTP {status}")
     jobs.set_notification(job_id, f"delivered (HTTP {status}) at {now_iso()}")
+
+
+def signature_headers(message_id: str, body: str, secrets: list[str]) -> dict[str, str]:
+    """Standard Webhooks headers for ``body``, signed with every one of ``secrets``."""
+    now = datetime.now(UTC)
+    signatures = " ".join(Webhook(s).sign(message_id, now, body) for s in secrets)
+    return {
+        "webhook-id": message_id,
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": signatures,
+    }
 
 
 def _failed(task: StepTask, job_id: str, what: str) -> None:

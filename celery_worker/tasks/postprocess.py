@@ -69,7 +69,7 @@ def _rendered(ctx: WorkerContext, payload: ImagePayload, step: str) -> dict[str,
     detections = Detections.from_json(payload["detections"])
     picture = render_frame(step, _original(ctx, payload), detections, options)
     stem = RENDER_STEMS[step]
-    entry = artifacts.store_image(ctx, payload["job_id"], stem, picture, options["output_format"])
+    entry = artifacts.store_image(ctx, payload, stem, picture, options["output_format"])
     return _finish(ctx, payload, detections.to_json(), [entry], started)
 
 
@@ -101,11 +101,11 @@ def postprocess_segment(ctx: WorkerContext, payload: ImagePayload) -> dict[str, 
     items = detections.to_json()
     for item, rle in zip(items, rles, strict=False):
         item["rle"] = rle
-    job_id, fmt = payload["job_id"], options["output_format"]
+    fmt = options["output_format"]
     overlay = draw_detections(image, detections, bool(options["draw_labels"]))
     written = [
-        artifacts.store_image(ctx, job_id, "overlay", overlay, fmt),
-        artifacts.store(ctx, job_id, "labels.png", masks.encode_png(labels)),
+        artifacts.store_image(ctx, payload, "overlay", overlay, fmt),
+        artifacts.store(ctx, payload, "labels.png", masks.encode_png(labels)),
     ]
     return _finish(ctx, payload, items, written, started)
 
@@ -128,13 +128,13 @@ def postprocess_crops(ctx: WorkerContext, payload: ImagePayload) -> dict[str, An
         x1, y1, x2, y2 = crop
         stem = artifacts.crop_stem("crop", index + 1, item["class_name"])
         entry = artifacts.store_image(
-            ctx, job_id, stem, image[y1:y2, x1:x2], options["output_format"]
+            ctx, payload, stem, image[y1:y2, x1:x2], options["output_format"]
         )
         written.append(entry)
         item["crop"] = entry["name"]
         manifest.append({"file": entry["name"], "crop_box": [x1, y1, x2, y2], **item})
     document = {"job_id": job_id, "crops": manifest}
-    listing = artifacts.store(ctx, job_id, "crops.json", json.dumps(document, indent=1).encode())
+    listing = artifacts.store(ctx, payload, "crops.json", json.dumps(document, indent=1).encode())
     return _finish(ctx, payload, items, [listing, *written], started)
 
 
@@ -209,12 +209,13 @@ def _render_chunk(ctx: WorkerContext, payload: ChunkPayload) -> None:
     def keep_thumbnails() -> Any:
         for position, image in enumerate(rendered):
             if chunk["start"] + position in thumbs:
-                key = ctx.storage.key(job_id, "work", f"thumb-{chunk['start'] + position:07d}.jpg")
+                name = f"thumb-{chunk['start'] + position:07d}.jpg"
+                key = ctx.storage.key(payload["tenant"], job_id, "work", name)
                 small = thumbnail_strip([image], finish.THUMBNAIL_HEIGHT)  # a strip of one
                 ctx.storage.write_bytes(key, encode(small, "jpeg"))
             yield image
 
-    with ctx.storage.atomic(work_key(ctx, job_id, index, "mp4"), suffix=".mp4") as tmp:
+    with ctx.storage.atomic(work_key(ctx, payload, index, "mp4"), suffix=".mp4") as tmp:
         encode_segment(tmp, keep_thumbnails(), Fraction(payload["fps"]))
 
 

@@ -59,7 +59,7 @@ def preprocess_image(ctx: WorkerContext, payload: ImagePayload) -> ImagePayload:
     else:
         auto = rectangular_input(spec.weights)
         model_input, box = letterbox(image, int(payload["options"]["image_size"]), auto=auto)
-    key = ctx.storage.key(job_id, "work", MODEL_INPUT)
+    key = ctx.storage.key(payload["tenant"], job_id, "work", MODEL_INPUT)
     buffer = io.BytesIO()
     np.save(buffer, np.ascontiguousarray(model_input))
     ctx.storage.write_bytes(key, buffer.getvalue())
@@ -102,7 +102,7 @@ def preprocess_chunk(ctx: WorkerContext, payload: ChunkPayload) -> ChunkPayload:
         raise InputError("the uploaded video is missing from storage") from exc
     except VideoDecodeError as exc:
         raise InputError(str(exc)) from exc
-    frames_key = work_key(ctx, job_id, chunk["index"], "frames.npy")
+    frames_key = work_key(ctx, payload, chunk["index"], "frames.npy")
     save_array(ctx, frames_key, decoded.frames)
     if ledger.is_done(job_id, "postprocess", chunk["index"]):
         # A late copy of a chunk another copy finished meanwhile: leave no frames behind.

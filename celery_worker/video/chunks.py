@@ -30,12 +30,13 @@ from celery_worker.errors import InputError, JobGone
 from celery_worker.video.demux import VideoDecodeError
 from celery_worker.video.plan import output_size, plan_frames
 from common.celery_app import HARD_LIMIT_GRACE_SECONDS
-from common.chains import build_chunk_chain
+from common.chains import build_chunk_chain, rank
 from common.contract import (
     QUEUE_POSTPROCESS,
     TASK_POSTPROCESS_VIDEO_FINISH,
     Chunk,
     ChunkPayload,
+    JobPayload,
     PlannedVideo,
     VideoPayload,
 )
@@ -71,7 +72,7 @@ def plan_chunks(ctx: WorkerContext, payload: VideoPayload) -> PlannedVideo:
         width, height, settings.video_chunk_frames, settings.video_chunk_bytes
     )
     ranges = chunk_ranges_at_keyframes(plan.source_pts, per_chunk, plan.keyframes)
-    plan_key = ctx.storage.key(job_id, "work", "plan.json")
+    plan_key = ctx.storage.key(payload["tenant"], job_id, "work", "plan.json")
     document = {
         "fps": str(plan.fps),
         "size": [width, height],
@@ -94,7 +95,7 @@ def plan_chunks(ctx: WorkerContext, payload: VideoPayload) -> PlannedVideo:
             "source_pts": plan.source_pts[start : start + count],
         }
         ctx.storage.write_bytes(
-            work_key(ctx, job_id, index, "plan.json"), json.dumps(chunk).encode()
+            work_key(ctx, payload, index, "plan.json"), json.dumps(chunk).encode()
         )
     planned: PlannedVideo = {
         **payload,
@@ -156,9 +157,9 @@ def planned_part(payload: ChunkPayload | PlannedVideo) -> PlannedVideo:
     return {k: v for k, v in payload.items() if k in PLANNED_KEYS}  # type: ignore[return-value]
 
 
-def work_key(ctx: WorkerContext, job_id: str, index: int, suffix: str) -> str:
+def work_key(ctx: WorkerContext, job: JobPayload, index: int, suffix: str) -> str:
     """Storage key of a chunk's working file, e.g. ``work/chunk-00003.frames.npy``."""
-    return ctx.storage.key(job_id, "work", f"chunk-{index:05d}.{suffix}")
+    return ctx.storage.key(job["tenant"], job["job_id"], "work", f"chunk-{index:05d}.{suffix}")
 
 
 def read_plan(ctx: WorkerContext, key: str) -> dict[str, Any]:
@@ -173,7 +174,7 @@ def publish_chunk(ctx: WorkerContext, planned: PlannedVideo, index: int) -> None
     if index >= planned["chunks_total"] or ctx.store.chunks.was_dispatched(job_id, index):
         return
     chunk: Chunk = json.loads(
-        ctx.storage.path(work_key(ctx, job_id, index, "plan.json")).read_text()
+        ctx.storage.path(work_key(ctx, planned, index, "plan.json")).read_text()
     )
     # mypy cannot tell that ** of a PlannedVideo fills a ChunkPayload's required keys.
     payload: ChunkPayload = {**planned, "chunk": chunk}  # type: ignore[typeddict-item]
@@ -193,6 +194,7 @@ def publish_finish(ctx: WorkerContext, planned: PlannedVideo) -> None:
         queue=QUEUE_POSTPROCESS,
         routing_key=QUEUE_POSTPROCESS,
         task_id=f"{job_id}-finish",
+        priority=rank(planned["priority"]),
         soft_time_limit=soft,
         time_limit=soft + HARD_LIMIT_GRACE_SECONDS,
     )

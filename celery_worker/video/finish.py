@@ -45,11 +45,12 @@ def finish(ctx: WorkerContext, payload: PlannedVideo) -> dict[str, Any]:
     render = payload["render"]
     written: list[dict[str, Any]] = []
 
-    segments = [ctx.storage.path(work_key(ctx, job_id, i, "mp4")) for i in range(chunks)]
+    segments = [ctx.storage.path(work_key(ctx, payload, i, "mp4")) for i in range(chunks)]
     absent = [i for i, path in enumerate(segments) if not path.is_file()]
     if absent:
         raise RuntimeError(f"segments of chunks {absent[:10]} are missing")
-    video_path = ctx.storage.artifact_path(job_id, f"{RENDER_STEMS[render]}.mp4")
+    tenant = payload["tenant"]
+    video_path = ctx.storage.artifact_path(tenant, job_id, f"{RENDER_STEMS[render]}.mp4")
     video_path.parent.mkdir(parents=True, exist_ok=True)
     frames_written = concat_segments(segments, video_path, fps)
     if frames_written != total:
@@ -59,7 +60,8 @@ def finish(ctx: WorkerContext, payload: PlannedVideo) -> dict[str, Any]:
     model, summary, tracks, missing, damaged = _write_frames(ctx, payload, plan)
     if len(missing) == total:
         raise InputError("no frame of the video could be decoded")
-    written.append(artifacts.describe(ctx.storage.artifact_path(job_id, FRAMES_ARTIFACT)))
+    frames_path = ctx.storage.artifact_path(tenant, job_id, FRAMES_ARTIFACT)
+    written.append(artifacts.describe(frames_path))
     strip = _thumbnails(ctx, payload)
     if strip is not None:
         written.append(strip)
@@ -98,7 +100,7 @@ def finish(ctx: WorkerContext, payload: PlannedVideo) -> dict[str, Any]:
     }
     if not ctx.store.jobs.succeed(job_id, "postprocess", result, written):
         raise JobGone(job_id)
-    shutil.rmtree(ctx.storage.job_dir(job_id) / "work", ignore_errors=True)
+    shutil.rmtree(ctx.storage.job_dir(tenant, job_id) / "work", ignore_errors=True)
     return {"job_id": job_id, "pipeline": payload["pipeline"], "timings": timings}
 
 
@@ -120,7 +122,7 @@ def _write_frames(
     def frames() -> Iterator[Frame]:
         for index, (start, _count) in enumerate(plan["chunks"]):
             document = json.loads(
-                ctx.storage.path(work_key(ctx, job_id, index, "json")).read_text()
+                ctx.storage.path(work_key(ctx, payload, index, "json")).read_text()
             )
             if not model:
                 model.update(document["model"])
@@ -131,7 +133,7 @@ def _write_frames(
                 yield frame, round(float(frame / fps), 6), Detections.from_json(found)
 
     summary = TrackSummary()
-    key = ctx.storage.key(job_id, "artifacts", FRAMES_ARTIFACT)
+    key = ctx.storage.key(payload["tenant"], job_id, "artifacts", FRAMES_ARTIFACT)
     with ctx.storage.atomic(key) as tmp, tmp.open("w") as out:
         out.write("[")
         for frame, time_s, detections in tag_tracks(frames(), Tracker(float(fps))):
@@ -152,15 +154,13 @@ def _write_frames(
 def _thumbnails(ctx: WorkerContext, payload: PlannedVideo) -> dict[str, Any] | None:
     """thumbnails.jpg from the frames the chunks kept; None if any of them is missing."""
     job_id = payload["job_id"]
-    read = [
-        cv2.imread(str(ctx.storage.path(ctx.storage.key(job_id, "work", f"thumb-{i:07d}.jpg"))))
-        for i in payload["thumbnails"]
-    ]
+    work = ctx.storage.job_dir(payload["tenant"], job_id) / "work"
+    read = [cv2.imread(str(work / f"thumb-{i:07d}.jpg")) for i in payload["thumbnails"]]
     thumbs = [t for t in read if t is not None]
     if not thumbs or len(thumbs) != len(read):
         return None
     strip = thumbnail_strip(thumbs, THUMBNAIL_HEIGHT)
-    return artifacts.store(ctx, job_id, "thumbnails.jpg", encode(strip, "jpeg"))
+    return artifacts.store(ctx, payload, "thumbnails.jpg", encode(strip, "jpeg"))
 
 
 def _track_crops(
@@ -188,8 +188,8 @@ def _track_crops(
         x1, y1, x2, y2 = crop
         stem = artifacts.crop_stem("crop-track", track["id"], track["class_name"])
         image = decoded.frames[0][y1:y2, x1:x2]
-        entry = artifacts.store_image(ctx, job_id, stem, image, options["output_format"])
+        entry = artifacts.store_image(ctx, payload, stem, image, options["output_format"])
         written.append(entry)
         manifest.append({"file": entry["name"], "crop_box": [x1, y1, x2, y2], "track": track})
     listing = json.dumps({"job_id": job_id, "crops": manifest}, indent=1).encode()
-    return [artifacts.store(ctx, job_id, "crops.json", listing), *written]
+    return [artifacts.store(ctx, payload, "crops.json", listing), *written]

@@ -4,7 +4,8 @@
 - ``records``: job records, results, the lists; ``transitions``: their state machine;
 - ``chunks``: the chunk ledger of video jobs;
 - ``batches``: batch documents;
-- ``workers``: the registry of inference workers and their models.
+- ``workers``: the registry of inference workers and their models;
+- ``tenants``: tenants, their limits and signing secrets; ``apikeys``: API keys.
 
 ``JobStore`` holds one of each over one Redis client and prefix.
 """
@@ -16,16 +17,18 @@ from typing import Any
 import redis
 
 from common.clock import now_iso
+from common.jobstore.apikeys import ApiKeys
 from common.jobstore.batches import Batches
 from common.jobstore.chunks import ChunkLedger
 from common.jobstore.keys import Keys
 from common.jobstore.records import JobRecords
+from common.jobstore.tenants import Tenants
 from common.jobstore.workers import WorkerRegistry
 
 
 class JobStore:
     """Everything the service keeps in Redis, by concept: ``jobs``, ``chunks``,
-    ``batches``, ``workers``."""
+    ``batches``, ``workers``, ``tenants``, ``apikeys``."""
 
     def __init__(self, client: redis.Redis, prefix: str = "cv", ttl_seconds: int = 7 * 86400):
         # Any: redis-py's types cannot express decode_responses=True (str, not bytes).
@@ -36,6 +39,8 @@ class JobStore:
         self.chunks = ChunkLedger(self.redis, self.keys, ttl_seconds)
         self.batches = Batches(self.redis, self.keys, ttl_seconds)
         self.workers = WorkerRegistry(self.redis, self.keys, ttl_seconds)
+        self.tenants = Tenants(self.redis, self.keys, ttl_seconds)
+        self.apikeys = ApiKeys(self.redis, self.keys, ttl_seconds)
 
     @classmethod
     def from_url(cls, url: str, prefix: str, ttl_seconds: int) -> JobStore:

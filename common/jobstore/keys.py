@@ -9,8 +9,16 @@ key                                type    what
 ``cv:job:<id>``                    hash    a job's record: one field per attribute, nested
                                            values as JSON strings (``records``)
 ``cv:result:<id>``                 string  its result document, JSON (``records``)
-``cv:jobs``                        zset    every job id, scored by submission time
+``cv:jobs``                        zset    every job id, scored by submission time (admin
+                                           lists, upkeep)
 ``cv:jobs:<state>``                zset    the same, one set per state (filtered lists)
+``cv:t:<tenant>:jobs``             zset    a tenant's job ids, scored by submission time;
+                                           lists and counts never read other tenants'
+``cv:t:<tenant>:jobs:<state>``     zset    the same, one set per state (active-jobs quota:
+                                           the sizes of ``queued`` and ``running``)
+``cv:t:<tenant>:usage``            hash    ``bytes``: what the tenant's jobs hold in storage
+``cv:t:<tenant>:job-bytes``        hash    job id -> bytes it holds (released on delete)
+``cv:rate:...``                    string  the submissions-per-minute windows (``limits``)
 ``cv:unpublished``                 zset    jobs recorded whose first step the API has not
                                            yet seen published; upkeep re-publishes the old
                                            ones (the API died in between)
@@ -19,9 +27,19 @@ key                                type    what
 ``cv:job:<id>:dispatched``         set     video chunks published (-1: the finishing step)
 ``cv:batch:<id>``                  string  a batch: its members and their job ids, JSON
                                            (``batches``)
+``cv:batch:<id>:held``             list    members recorded but held back, in order: a
+                                           batch has ``CV_BATCH_WINDOW`` members in flight
+``cv:batches:held``                set     batches with held members (upkeep's to watch)
 ``cv:workers``                     hash    one JSON report per inference worker process:
                                            its models, and when the report goes stale
                                            (``workers``); read on every submission
+``cv:tenants``                     set     every tenant name (``tenants``)
+``cv:tenant:<name>``               hash    a tenant: created_at, limits (JSON overrides of
+                                           the defaults), signing secrets (JSON)
+``cv:apikeys``                     set     every API key id (``apikeys``)
+``cv:apikey:<id>``                 hash    a key: prefix, sha256, tenant, name, role,
+                                           created_at, last_used_at, revoked_at; never the key
+``cv:apikey-hash:<sha256>``        string  the id of the key with this hash
 ``cv:lock:<name>``                 string  held by one process per period (``upkeep``)
 =================================  ======  =================================================
 
@@ -30,7 +48,8 @@ A video's record also holds ``frames_total``, ``chunks_total``, per stage
 last started) and ``progress_at`` (a chunk last finished).
 
 Records, results, chunk sets and batches expire after the job TTL
-(``CV_JOB_TTL_SECONDS``); the sorted sets are trimmed by upkeep.
+(``CV_JOB_TTL_SECONDS``); the sorted sets and byte counts are trimmed by upkeep.
+Tenants and keys do not expire (a revoked key's record stays, marked revoked).
 """
 
 from __future__ import annotations
@@ -58,6 +77,37 @@ class Keys:
         """The list of every job and the list of each state."""
         return [self.index()] + [self.index(state) for state in JOB_STATES]
 
+    def tenant_index(self, tenant: str, state: str | None = None) -> str:
+        base = f"{self.prefix}:t:{tenant}:jobs"
+        return base if state is None else f"{base}:{state}"
+
+    def tenant_indexes(self, tenant: str) -> list[str]:
+        return [self.tenant_index(tenant)] + [self.tenant_index(tenant, s) for s in JOB_STATES]
+
+    def usage(self, tenant: str) -> str:
+        return f"{self.prefix}:t:{tenant}:usage"
+
+    def job_bytes(self, tenant: str) -> str:
+        return f"{self.prefix}:t:{tenant}:job-bytes"
+
+    def rate_prefix(self) -> str:
+        return f"{self.prefix}:rate"
+
+    def tenants(self) -> str:
+        return f"{self.prefix}:tenants"
+
+    def tenant(self, name: str) -> str:
+        return f"{self.prefix}:tenant:{name}"
+
+    def apikeys(self) -> str:
+        return f"{self.prefix}:apikeys"
+
+    def apikey(self, key_id: str) -> str:
+        return f"{self.prefix}:apikey:{key_id}"
+
+    def apikey_hash(self, digest: str) -> str:
+        return f"{self.prefix}:apikey-hash:{digest}"
+
     def unpublished(self) -> str:
         return f"{self.prefix}:unpublished"
 
@@ -78,6 +128,12 @@ class Keys:
 
     def batch(self, batch_id: str) -> str:
         return f"{self.prefix}:batch:{batch_id}"
+
+    def held(self, batch_id: str) -> str:
+        return f"{self.prefix}:batch:{batch_id}:held"
+
+    def held_batches(self) -> str:
+        return f"{self.prefix}:batches:held"
 
     def workers(self) -> str:
         return f"{self.prefix}:workers"

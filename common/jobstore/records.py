@@ -13,9 +13,44 @@ from collections.abc import Sequence
 from typing import Any
 
 from common.clock import iso, now_iso
-from common.contract import JobState
+from common.contract import ACTIVE_STATES, DEFAULT_TENANT, JobState
 from common.jobstore.transitions import JobTransitions, decode
 
+# A new record, unless the tenant has ``limit`` jobs queued or running already (0: no
+# limit), in one step: two submissions can never both take the last slot. A held batch
+# member is also put at the end of its batch's held list (``batches``), not in the
+# unpublished list: it waits to be released, it is not lost.
+# KEYS: record, tenant queued, tenant running, usage, job-bytes, held list, held batches,
+#       then the lists to add it to. ARGV: limit, ttl, score, job id, bytes, batch id of a
+#       held member or "", then the record's fields and values.
+_CREATE = """
+local limit = tonumber(ARGV[1])
+if limit > 0 and redis.call('ZCARD', KEYS[2]) + redis.call('ZCARD', KEYS[3]) >= limit then
+  return 0
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+for i = 8, #KEYS do redis.call('ZADD', KEYS[i], ARGV[3], ARGV[4]) end
+if ARGV[6] ~= '' then
+  redis.call('RPUSH', KEYS[6], ARGV[4])
+  redis.call('EXPIRE', KEYS[6], ARGV[2])
+  redis.call('SADD', KEYS[7], ARGV[6])
+end
+local bytes = tonumber(ARGV[5])
+if bytes > 0 then
+  redis.call('HINCRBY', KEYS[4], 'bytes', bytes)
+  redis.call('HINCRBY', KEYS[5], ARGV[4], bytes)
+end
+return 1
+"""
+# What a job holds in storage no longer counts for its tenant. KEYS: usage, job-bytes.
+_RELEASE = """
+local bytes = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+if bytes ~= 0 then redis.call('HINCRBY', KEYS[1], 'bytes', -bytes) end
+redis.call('HDEL', KEYS[2], ARGV[1])
+return bytes
+"""
 # A field of a job hash set, or counted up, unless the record is gone.
 _HSET_IF_EXISTS = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
@@ -34,6 +69,8 @@ class JobRecords(JobTransitions):
         # Registered once: each call is an EVALSHA (redis-py reloads a flushed script).
         self._hset_if_exists = self.redis.register_script(_HSET_IF_EXISTS)
         self._hincr_if_exists = self.redis.register_script(_HINCR_IF_EXISTS)
+        self._create = self.redis.register_script(_CREATE)
+        self._release = self.redis.register_script(_RELEASE)
 
     # create and publish ----------------------------------------------------------
     def create(
@@ -45,11 +82,29 @@ class JobRecords(JobTransitions):
         input_info: dict[str, Any],
         task_ids: Sequence[str],
         callback_url: str | None = None,
+        *,
+        tenant: str = DEFAULT_TENANT,
+        key_id: str | None = None,
+        priority: str = "normal",
+        active_limit: int = 0,
+        batch_id: str | None = None,
+        held: bool = False,
     ) -> dict[str, Any]:
-        """Record a new queued job, not yet published; returns the record as ``get`` would."""
+        """Record a new queued job, not yet published; returns the record as ``get`` would.
+
+        Raises ``OverLimit`` (and records nothing) when ``tenant`` has ``active_limit``
+        jobs queued or running already. The upload's ``input_info["bytes"]`` counts
+        towards the tenant's bytes stored. A ``held`` member of batch ``batch_id`` waits
+        in the batch's held list until a member before it ends (``Batches.release``).
+        """
         submitted = time.time()
         record = {
             "id": job_id,
+            "tenant": tenant,
+            "key_id": key_id or "",
+            "priority": priority,
+            "batch_id": batch_id or "",
+            "held": "1" if held else "",
             "pipeline": pipeline,
             "state": "queued",
             "step": "",
@@ -71,14 +126,33 @@ class JobRecords(JobTransitions):
             "callback_url": callback_url or "",
             "notification": "",
         }
-        key = self.keys.job(job_id)
-        with self.redis.pipeline() as pipe:
-            pipe.hset(key, mapping=record)
-            pipe.expire(key, self.ttl)
-            pipe.zadd(self.keys.index(), {job_id: submitted})
-            pipe.zadd(self.keys.index("queued"), {job_id: submitted})
-            pipe.zadd(self.keys.unpublished(), {job_id: submitted})
-            pipe.execute()
+        keys = self.keys
+        created = self._create(
+            keys=[
+                keys.job(job_id),
+                keys.tenant_index(tenant, "queued"),
+                keys.tenant_index(tenant, "running"),
+                keys.usage(tenant),
+                keys.job_bytes(tenant),
+                keys.held(batch_id or "-"),
+                keys.held_batches(),
+                keys.index(),
+                keys.index("queued"),
+                keys.tenant_index(tenant),
+                *([] if held else [keys.unpublished()]),
+            ],
+            args=[
+                active_limit,
+                self.ttl,
+                repr(submitted),
+                job_id,
+                int(input_info.get("bytes") or 0),
+                batch_id if held and batch_id else "",
+                *(item for pair in record.items() for item in pair),
+            ],
+        )
+        if not created:
+            raise OverLimit(f"{active_limit} jobs of tenant {tenant!r} are queued or running")
         return decode(record)
 
     def published(self, job_id: str) -> None:
@@ -106,6 +180,14 @@ class JobRecords(JobTransitions):
                 pipe.hget(self.keys.job(job_id), "state")
             return [str(v) if v is not None else None for v in pipe.execute()]
 
+    def in_flight(self, job_ids: Sequence[str]) -> int:
+        """How many of these jobs are queued or running and not held back."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hmget(self.keys.job(job_id), "state", "held")
+            answers = pipe.execute()
+        return sum(1 for state, held in answers if state in ACTIVE_STATES and not held)
+
     def result(self, job_id: str) -> dict[str, Any] | None:
         raw = self.redis.get(self.keys.result(job_id))
         return json.loads(str(raw)) if raw is not None else None
@@ -115,10 +197,15 @@ class JobRecords(JobTransitions):
         return str(value) if value else None
 
     def page(
-        self, state: str | None = None, limit: int = 50, offset: int = 0
+        self,
+        state: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        tenant: str | None = None,
     ) -> tuple[list[dict[str, Any]], int]:
-        """One page of jobs, newest first, and the total matching count. Writes nothing."""
-        index = self.keys.index(state)
+        """One page of jobs (of ``tenant``; None: all), newest first, and the total matching
+        count. Reads only that tenant's lists; writes nothing."""
+        index = self.keys.index(state) if tenant is None else self.keys.tenant_index(tenant, state)
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.zrevrange(index, offset, offset + limit - 1)
             pipe.zcard(index)
@@ -135,11 +222,34 @@ class JobRecords(JobTransitions):
         """Ids of the jobs in ``state``, oldest first."""
         return [str(i) for i in self.redis.zrange(self.keys.index(state), 0, limit - 1)]
 
-    def expired_ids(self, now: float | None = None, limit: int = 500) -> list[str]:
-        """Ids submitted longer than the TTL ago (their records are gone or about to go)."""
+    def expired_ids(
+        self, now: float | None = None, limit: int = 500, tenant: str | None = None
+    ) -> list[str]:
+        """Ids (of ``tenant``'s jobs) submitted longer than the TTL ago (their records are
+        gone or about to go)."""
         cutoff = (now if now is not None else time.time()) - self.ttl
-        index = self.keys.index()
+        index = self.keys.index() if tenant is None else self.keys.tenant_index(tenant)
         return [str(i) for i in self.redis.zrangebyscore(index, "-inf", cutoff, 0, limit)]
+
+    def tenant_of(self, job_id: str) -> str | None:
+        value = self.redis.hget(self.keys.job(job_id), "tenant")
+        return str(value) if value else (DEFAULT_TENANT if self.state(job_id) else None)
+
+    def active(self, tenant: str) -> int:
+        """The tenant's jobs queued or running now (a video counts once)."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(self.keys.tenant_index(tenant, "queued"))
+            pipe.zcard(self.keys.tenant_index(tenant, "running"))
+            return sum(int(n) for n in pipe.execute())
+
+    def bytes_stored(self, tenant: str) -> int:
+        """What the tenant's jobs hold in storage (uploads and artifacts)."""
+        return int(self.redis.hget(self.keys.usage(tenant), "bytes") or 0)
+
+    def release_bytes(self, tenant: str, job_id: str) -> int:
+        """The job's files are gone: they no longer count for its tenant; returns the bytes."""
+        keys = [self.keys.usage(tenant), self.keys.job_bytes(tenant)]
+        return int(self._release(keys=keys, args=[job_id]))
 
     # fields that are not the state ---------------------------------------------------
     def set_notification(self, job_id: str, outcome: str) -> None:
@@ -153,12 +263,20 @@ class JobRecords(JobTransitions):
         key = self.keys.job(job_id)
         return int(self._hincr_if_exists(keys=[key], args=[f"redeliveries:{step}"]))
 
-    def delete(self, job_id: str) -> None:
+    def delete(self, job_id: str, tenant: str | None = None) -> None:
+        """Remove the job's keys and list entries, and its bytes from its tenant's count."""
+        tenant = tenant or self.tenant_of(job_id) or DEFAULT_TENANT
         self.redis.delete(*self.keys.of_job(job_id))
-        self._unindex([job_id])
+        self._unindex([job_id], tenant)
+        self.release_bytes(tenant, job_id)
 
-    def _unindex(self, job_ids: Sequence[str]) -> None:
+    def _unindex(self, job_ids: Sequence[str], tenant: str) -> None:
+        lists = [*self.keys.indexes(), *self.keys.tenant_indexes(tenant), self.keys.unpublished()]
         with self.redis.pipeline() as pipe:
-            for index in [*self.keys.indexes(), self.keys.unpublished()]:
+            for index in lists:
                 pipe.zrem(index, *job_ids)
             pipe.execute()
+
+
+class OverLimit(Exception):
+    """The tenant has as many jobs queued or running as its limit allows."""

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from common.clock import now_iso
-from common.contract import ACTIVE_STATES, JobState
+from common.contract import ACTIVE_STATES, DEFAULT_TENANT, JobState
 from common.jobstore.keys import StorePart
 
 # What a transition writes: the record as it is -> the fields to change.
@@ -23,6 +23,8 @@ Update = Callable[[dict[str, Any]], dict[str, str]]
 
 _JSON_FIELDS = ("options", "input", "steps", "task_ids", "artifacts", "error")
 _OPTIONAL_FIELDS = (
+    "key_id",
+    "batch_id",
     "step",
     "finished_at",
     "callback_url",
@@ -103,8 +105,13 @@ class JobTransitions(StorePart):
                 "artifacts": json.dumps(artifacts),
             }
 
-        def store_result(pipe: Any) -> None:
+        stored = sum(int(a.get("bytes") or 0) for a in artifacts)
+
+        def store_result(pipe: Any, tenant: str) -> None:
             pipe.set(self.keys.result(job_id), document, ex=self.ttl)
+            if stored:  # the artifacts count towards the tenant's bytes stored
+                pipe.hincrby(self.keys.usage(tenant), "bytes", stored)
+                pipe.hincrby(self.keys.job_bytes(tenant), job_id, stored)
 
         return self._transition(job_id, ACTIVE_STATES, "succeeded", update, store_result)
 
@@ -128,7 +135,7 @@ class JobTransitions(StorePart):
         allowed_from: Iterable[str],
         new_state: JobState,
         update: Update,
-        also: Callable[[Any], None] | None = None,
+        also: Callable[[Any, str], None] | None = None,
     ) -> bool:
         key = self.keys.job(job_id)
         allowed = set(allowed_from)
@@ -141,12 +148,20 @@ class JobTransitions(StorePart):
             fields.update(state=new_state, updated_at=now_iso())
             pipe.multi()
             pipe.hset(key, mapping=fields)
+            tenant = raw.get("tenant") or DEFAULT_TENANT
             if raw["state"] != new_state:
                 score = float(raw.get("submitted_ts") or time.time())
-                pipe.zrem(self.keys.index(raw["state"]), job_id)
-                pipe.zadd(self.keys.index(new_state), {job_id: score})
+                for old, new in (
+                    (self.keys.index(raw["state"]), self.keys.index(new_state)),
+                    (
+                        self.keys.tenant_index(tenant, raw["state"]),
+                        self.keys.tenant_index(tenant, new_state),
+                    ),
+                ):
+                    pipe.zrem(old, job_id)
+                    pipe.zadd(new, {job_id: score})
             if also is not None:
-                also(pipe)
+                also(pipe, tenant)
             return True
 
         return bool(self.redis.transaction(attempt, key, value_from_callable=True))
@@ -160,6 +175,9 @@ def decode(raw: dict[str, Any]) -> dict[str, Any]:
         record[name] = json.loads(value) if value else None
     for name in _OPTIONAL_FIELDS:
         record[name] = record.get(name) or None
+    record["tenant"] = record.get("tenant") or DEFAULT_TENANT  # made before tenants existed
+    record["priority"] = record.get("priority") or "normal"
+    record["held"] = bool(record.get("held"))
     record.pop("submitted_ts", None)
     return record
 

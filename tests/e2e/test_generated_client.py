@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 import requests
 
+from tests.support.keys import StackKeys
+
 pytestmark = [pytest.mark.broker, pytest.mark.workers, pytest.mark.http]
 
 
@@ -45,14 +47,19 @@ def generated(http_api: str, tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 def test_generated_client_submits_polls_and_downloads(
-    generated: Any, http_api: str, assets: Path
+    generated: Any, http_api: str, assets: Path, keys: StackKeys
 ) -> None:
     from cvclient.api.jobs import create_job, get_artifact, get_job, get_result
     from cvclient.api.pipelines import list_pipelines
     from cvclient.models import Job, JobState, JobSubmission, Problem, Result
     from cvclient.types import File
 
-    client = generated.Client(base_url=http_api, raise_on_unexpected_status=True)
+    # The key as a Bearer token, the way generated clients authenticate.
+    anonymous = generated.Client(base_url=http_api)
+    assert list_pipelines.sync_detailed(client=anonymous).status_code == 401
+    client = generated.AuthenticatedClient(
+        base_url=http_api, token=keys.acme, raise_on_unexpected_status=True
+    )
     catalogue = list_pipelines.sync(client=client)
     assert {p.name for p in catalogue.pipelines} == {
         "detect",

@@ -16,8 +16,16 @@ from PIL import Image
 from tests.support import stack
 from tests.support.images import png_header_only
 from tests.support.jobs import wait_for_job
+from tests.support.keys import StackKeys, headers
 
 pytestmark = [pytest.mark.broker, pytest.mark.workers, pytest.mark.http]
+# Every call sends acme's member key (``_key``), as a client does.
+SESSION = requests.Session()
+
+
+@pytest.fixture(autouse=True)
+def _key(keys: StackKeys) -> None:
+    SESSION.headers.update(headers(keys.acme))
 
 
 def post(
@@ -27,14 +35,14 @@ def post(
     name: str = "photo.jpg",
     content_type: str = "image/jpeg",
 ) -> requests.Response:
-    return requests.post(
+    return SESSION.post(
         f"{base}/v1/jobs", files={"file": (name, content, content_type)}, data=fields, timeout=30
     )
 
 
 def poll(base: str, job_id: str) -> dict[str, Any]:
     return wait_for_job(
-        lambda j: requests.get(f"{base}/v1/jobs/{j}", timeout=10).json(), job_id, timeout=90
+        lambda j: SESSION.get(f"{base}/v1/jobs/{j}", timeout=10).json(), job_id, timeout=90
     )
 
 
@@ -63,13 +71,13 @@ def test_submit_poll_result_artifact(
     job = poll(http_api, accepted["id"])
     assert job["state"] == "succeeded", job["error"]
     assert time.perf_counter() - started < 60
-    result = requests.get(http_api + job["links"]["result"], timeout=10)
+    result = SESSION.get(http_api + job["links"]["result"], timeout=10)
     assert result.status_code == 200 and result.headers["content-type"] == "application/json"
     document = result.json()
     assert document["image"] == {"width": 1280, "height": 720}
     assert document["detections"], "both models find something on zidane.jpg"
     assert [a["name"] for a in job["links"]["artifacts"]] == [artifact]
-    download = requests.get(http_api + job["links"]["artifacts"][0]["href"], timeout=10)
+    download = SESSION.get(http_api + job["links"]["artifacts"][0]["href"], timeout=10)
     assert download.status_code == 200 and download.headers["content-type"] == "image/jpeg"
     decoded = cv2.imdecode(np.frombuffer(download.content, np.uint8), cv2.IMREAD_COLOR)
     assert decoded.shape == (720, 1280, 3)
@@ -96,10 +104,10 @@ def test_error_statuses(http_api: str, assets: Path) -> None:
     too_big = photo + b"\0" * (3 * 1024 * 1024)  # the test limit is 2 MiB
     assert "limited to" in problem(post(http_api, too_big, {"pipeline": "detect"}), 413)["detail"]
     missing = "0" * 32
-    problem(requests.get(f"{http_api}/v1/jobs/{missing}", timeout=10), 404)
-    problem(requests.get(f"{http_api}/v1/jobs/{missing}/result", timeout=10), 404)
-    problem(requests.get(f"{http_api}/v1/jobs/{missing}/artifacts/x.jpg", timeout=10), 404)
-    problem(requests.delete(f"{http_api}/v1/jobs/{missing}", timeout=10), 404)
+    problem(SESSION.get(f"{http_api}/v1/jobs/{missing}", timeout=10), 404)
+    problem(SESSION.get(f"{http_api}/v1/jobs/{missing}/result", timeout=10), 404)
+    problem(SESSION.get(f"{http_api}/v1/jobs/{missing}/artifacts/x.jpg", timeout=10), 404)
+    problem(SESSION.delete(f"{http_api}/v1/jobs/{missing}", timeout=10), 404)
 
 
 def test_cancel_through_http(http_api: str, assets: Path) -> None:
@@ -109,19 +117,19 @@ def test_cancel_through_http(http_api: str, assets: Path) -> None:
         post(http_api, data, {"pipeline": "detect", "image_size": "2048"}).json()["id"]
         for _ in range(2)
     ]
-    assert requests.delete(f"{http_api}/v1/jobs/{ids[1]}", timeout=10).status_code == 204
-    job = requests.get(f"{http_api}/v1/jobs/{ids[1]}", timeout=10).json()
+    assert SESSION.delete(f"{http_api}/v1/jobs/{ids[1]}", timeout=10).status_code == 204
+    job = SESSION.get(f"{http_api}/v1/jobs/{ids[1]}", timeout=10).json()
     assert job["state"] == "cancelled"
     assert poll(http_api, ids[0])["state"] == "succeeded"
 
 
 def test_swagger_ui_and_spec(http_api: str) -> None:
-    root = requests.get(http_api + "/", timeout=10)
+    root = SESSION.get(http_api + "/", timeout=10)
     assert root.status_code == 200 and "swagger-ui" in root.text
-    spec = requests.get(http_api + "/openapi.json", timeout=10).json()
+    spec = SESSION.get(http_api + "/openapi.json", timeout=10).json()
     assert spec["openapi"].startswith("3.0")
-    assert requests.get(http_api + "/ui/swagger-ui-bundle.js", timeout=10).status_code == 200
-    ready = requests.get(http_api + "/health/ready", timeout=10).json()
+    assert SESSION.get(http_api + "/ui/swagger-ui-bundle.js", timeout=10).status_code == 200
+    ready = SESSION.get(http_api + "/health/ready", timeout=10).json()
     assert ready["checks"]["redis"]["ok"] and ready["checks"]["rabbitmq"]["ok"]
 
 
@@ -140,16 +148,16 @@ def test_broker_and_redis_down_give_503_and_keep_nothing(
     # RabbitMQ down, Redis up: the record is written, the publish fails, both are undone.
     broker_down = {**env, "CV_BROKER_URL": "amqp://guest:guest@127.0.0.1:1//"}
     with stack.gunicorn(broker_down, logs, ready_status=503) as base:
-        assert requests.get(f"{base}/health/ready", timeout=10).json()["checks"]["redis"]["ok"]
-        before = requests.get(f"{base}/v1/jobs", timeout=10).json()["total"]
+        assert SESSION.get(f"{base}/health/ready", timeout=10).json()["checks"]["redis"]["ok"]
+        before = SESSION.get(f"{base}/v1/jobs", timeout=10).json()["total"]
         assert "broker" in problem(post(base, photo, {"pipeline": "blur-faces"}), 503)["detail"]
-        assert requests.get(f"{base}/v1/jobs", timeout=10).json()["total"] == before
+        assert SESSION.get(f"{base}/v1/jobs", timeout=10).json()["total"] == before
     assert not [p for p in storage.rglob("*") if p.is_file()]
 
     redis_down = {**env, "CV_REDIS_URL": "redis://127.0.0.1:1/0"}
     with stack.gunicorn(redis_down, logs, ready_status=503) as base:
         assert "Redis" in problem(post(base, photo, {"pipeline": "blur-faces"}), 503)["detail"]
-        problem(requests.get(f"{base}/v1/jobs", timeout=10), 503)
+        problem(SESSION.get(f"{base}/v1/jobs", timeout=10), 503)
     assert not [p for p in storage.rglob("*") if p.is_file()]
 
 
@@ -169,7 +177,7 @@ def test_a_video_job_over_http(http_api: str, tmp_path: Path) -> None:
     assert job["progress"]["frames_done"] == job["progress"]["frames_total"] == 10
     assert job["progress"]["percent"] == 100.0
     links = {a["name"]: a for a in job["links"]["artifacts"]}
-    video = requests.get(http_api + links["blurred.mp4"]["href"], timeout=10)
+    video = SESSION.get(http_api + links["blurred.mp4"]["href"], timeout=10)
     assert video.status_code == 200 and video.headers["content-type"] == "video/mp4"
     assert video.content[4:8] == b"ftyp" and video.content.find(b"moov") < video.content.find(
         b"mdat"

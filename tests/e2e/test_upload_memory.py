@@ -16,6 +16,7 @@ import pytest
 import requests
 
 from tests.support import stack
+from tests.support.keys import StackKeys, headers
 
 pytestmark = [pytest.mark.broker, pytest.mark.http]
 log = logging.getLogger(__name__)
@@ -76,8 +77,10 @@ def sha256_of(path: Path) -> str:
 
 
 def test_300_mb_upload_keeps_worker_memory_flat(
-    stack_env: dict[str, str], stack_dir: Path, assets: Path, tmp_path: Path
+    stack_env: dict[str, str], stack_dir: Path, assets: Path, tmp_path: Path, keys: StackKeys
 ) -> None:
+    session = requests.Session()
+    session.headers.update(headers(keys.acme))
     body = tmp_path / "body.multipart"
     size, digest = multipart_file(body, (assets / "bus.jpg").read_bytes(), PADDING)
     storage = tmp_path / "storage"
@@ -92,7 +95,7 @@ def test_300_mb_upload_keeps_worker_memory_flat(
         worker = api_worker(base)
         before = peak_rss(worker)
         with body.open("rb") as stream:
-            response = requests.post(
+            response = session.post(
                 f"{base}/v1/jobs",
                 data=stream,  # a file object: sent in blocks, with its Content-Length
                 headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
@@ -102,7 +105,7 @@ def test_300_mb_upload_keeps_worker_memory_flat(
         assert response.status_code == 202, response.text
         job_id = response.json()["id"]
         try:
-            (stored,) = (storage / "jobs" / job_id).glob("input.*")
+            (stored,) = (storage / "tenants" / "acme" / "jobs" / job_id).glob("input.*")
             assert stored.stat().st_size == size
             assert sha256_of(stored) == digest
             assert not [p for p in (storage / "tmp").rglob("*") if p.is_file()]
@@ -111,8 +114,8 @@ def test_300_mb_upload_keeps_worker_memory_flat(
             )
             assert grown < 100 * MiB, f"peak RSS grew by {grown / MiB:.0f} MiB"
         finally:
-            cancelled = requests.delete(f"{base}/v1/jobs/{job_id}", timeout=30)
+            cancelled = session.delete(f"{base}/v1/jobs/{job_id}", timeout=30)
         assert cancelled.status_code == 204, cancelled.text
         # Cancelled while queued, or deleted when a worker of the session finished it first.
-        after = requests.get(f"{base}/v1/jobs/{job_id}", timeout=10)
+        after = session.get(f"{base}/v1/jobs/{job_id}", timeout=10)
         assert after.status_code == 404 or after.json()["state"] == "cancelled", after.text

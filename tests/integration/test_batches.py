@@ -12,6 +12,7 @@ import pytest
 
 from common.settings import Settings
 from tests.support.jobs import wait_until
+from tests.support.keys import StackKeys, headers
 
 pytestmark = [pytest.mark.broker, pytest.mark.workers]
 
@@ -108,10 +109,13 @@ def test_batch_level_errors(
     assert detail in response.json()["detail"]
 
 
-def test_too_many_files(stack_settings: Settings, workers: Any, assets: Path) -> None:
+def test_too_many_files(
+    stack_settings: Settings, workers: Any, assets: Path, keys: StackKeys
+) -> None:
     from api.app import create_app
 
     client = create_app(replace(stack_settings, max_batch_files=2)).test_client()
+    client.headers.update(headers(keys.acme))
     photo = (assets / "zidane.jpg").read_bytes()
     files = [("files", (f"{i}.jpg", photo, "image/jpeg")) for i in range(3)]
     response = client.post("/v1/batches", files=files, data={"pipeline": "detect"})

@@ -1,4 +1,5 @@
-"""Job callbacks: a local receiver gets a POST when a job succeeds or fails."""
+"""Job callbacks: a local receiver gets a POST when a job succeeds or fails, signed the
+Standard Webhooks way with the tenant's secret (verified here with the library)."""
 
 from __future__ import annotations
 
@@ -6,14 +7,18 @@ import json
 import queue
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
 
 from tests.support.api import run_job, submit
 from tests.support.jobs import wait_until
+from tests.support.keys import StackKeys
 
 pytestmark = [pytest.mark.broker, pytest.mark.workers]
 
@@ -35,6 +40,8 @@ class Receiver:
                         "path": self.path,
                         "status": status,
                         "json": json.loads(body),
+                        "body": body,
+                        "headers": dict(self.headers.items()),
                         "content_type": self.headers["Content-Type"],
                     }
                 )
@@ -126,3 +133,56 @@ def test_callback_urls_that_are_refused(
     )
     assert response.status_code == 400, response.text
     assert detail in response.json()["detail"]
+
+
+def webhook_headers(call: dict[str, Any]) -> dict[str, str]:
+    return {k.lower(): v for k, v in call["headers"].items() if k.lower().startswith("webhook-")}
+
+
+def test_callbacks_are_signed_with_the_tenants_secret(
+    api_client: Any, assets: Path, receiver: Receiver, keys: StackKeys
+) -> None:
+    job = run_job(
+        api_client, assets / "zidane.jpg", {"pipeline": "blur-faces", "callback_url": receiver.url}
+    )
+    call = receiver.next_call()
+    sent = webhook_headers(call)
+    assert sent["webhook-id"] == f"msg_{job['id']}"
+    verifier = Webhook(keys.signing_secrets["acme"])
+    assert verifier.verify(call["body"], sent) == call["json"]  # what a receiver does
+    # Another tenant's secret does not verify it.
+    with pytest.raises(WebhookVerificationError):
+        Webhook(keys.signing_secrets["globex"]).verify(call["body"], sent)
+    # A body changed on the way does not verify.
+    tampered = call["body"].replace(b'"succeeded"', b'"failed"')
+    assert tampered != call["body"]
+    with pytest.raises(WebhookVerificationError, match="No matching signature"):
+        verifier.verify(tampered, sent)
+    # A callback replayed later (its timestamp ten minutes old, signature still right).
+    old = datetime.now(UTC) - timedelta(minutes=10)
+    replayed = {
+        **sent,
+        "webhook-timestamp": str(int(old.timestamp())),
+        "webhook-signature": verifier.sign(sent["webhook-id"], old, call["body"].decode()),
+    }
+    with pytest.raises(WebhookVerificationError, match="too old"):
+        verifier.verify(call["body"], replayed)
+
+
+def test_after_a_rotation_both_secrets_sign_for_the_grace_period(
+    client_as: Any, assets: Path, receiver: Receiver, keys: StackKeys
+) -> None:
+    rotated = client_as("admin").post("/v1/tenants/globex/signing-secret")
+    assert rotated.status_code == 201
+    new_secret = rotated.json()["signing_secret"]
+    run_job(
+        client_as("globex"),
+        assets / "zidane.jpg",
+        {"pipeline": "blur-faces", "callback_url": receiver.url},
+    )
+    call = receiver.next_call()
+    sent = webhook_headers(call)
+    assert len(sent["webhook-signature"].split(" ")) == 2
+    for secret in (keys.signing_secrets["globex"], new_secret):  # old and new both verify
+        assert Webhook(secret).verify(call["body"], sent)["state"] == "succeeded"
+    keys.signing_secrets["globex"] = new_secret

@@ -14,6 +14,7 @@ import pytest
 
 from common.settings import Settings
 from tests.support.api import run_job
+from tests.support.keys import StackKeys, headers
 
 pytestmark = [pytest.mark.broker, pytest.mark.workers]
 
@@ -95,7 +96,7 @@ def test_models_endpoint_reports_what_the_workers_loaded(
 
 
 def test_a_pipeline_added_to_the_pipelines_file_runs_without_code(
-    stack_settings: Settings, workers: Any, assets: Path, tmp_path: Path
+    stack_settings: Settings, workers: Any, assets: Path, tmp_path: Path, keys: StackKeys
 ) -> None:
     """Copy the shipped file, add a pipeline reusing existing steps, start an API on it."""
     from api.app import create_app
@@ -112,6 +113,7 @@ def test_a_pipeline_added_to_the_pipelines_file_runs_without_code(
     client = create_app(
         replace(stack_settings, pipelines_file=tmp_path / "pipelines.yaml"),
     ).test_client()
+    client.headers.update(headers(keys.acme))
     listed = {p["name"]: p for p in client.get("/v1/pipelines").json()["pipelines"]}
     assert listed["faces-pixelated"]["available"] is True
     defaults = {o["name"]: o["default"] for o in listed["faces-pixelated"]["options"]}

@@ -149,7 +149,9 @@ def test_corrupt_image_fails_the_job_with_a_reason(
     assert job["links"]["result"] is None
     assert api_client.get(f"/v1/jobs/{job['id']}/result").status_code == 409
     # the upload is kept for inspection until the job expires or is deleted
-    input_dir = stack_settings.resolve(stack_settings.storage_dir) / "jobs" / job["id"]
+    input_dir = (
+        stack_settings.resolve(stack_settings.storage_dir) / "tenants" / "acme" / "jobs" / job["id"]
+    )
     assert any(p.name.startswith("input") for p in input_dir.iterdir())
 
 
@@ -179,7 +181,7 @@ def test_cancel_queued_and_running_jobs(
     second = submit(api_client, big_image(assets), slow).json()["id"]
     get = lambda job_id: api_client.get(f"/v1/jobs/{job_id}").json()  # noqa: E731
     wait_until(lambda: get(first)["step"] == "inference", 60, "the first job's inference")
-    storage = stack_settings.resolve(stack_settings.storage_dir) / "jobs"
+    storage = stack_settings.resolve(stack_settings.storage_dir) / "tenants" / "acme" / "jobs"
 
     assert get(second)["state"] in ("queued", "running")
     assert api_client.delete(f"/v1/jobs/{second}").status_code == 204
@@ -205,7 +207,9 @@ def test_delete_a_finished_job_removes_record_and_files(
     api_client: Any, assets: Path, stack_settings: Settings
 ) -> None:
     job = run_job(api_client, assets / "zidane.jpg", {"pipeline": "blur-faces"})
-    files = stack_settings.resolve(stack_settings.storage_dir) / "jobs" / job["id"]
+    files = (
+        stack_settings.resolve(stack_settings.storage_dir) / "tenants" / "acme" / "jobs" / job["id"]
+    )
     assert files.exists()
     assert api_client.delete(f"/v1/jobs/{job['id']}").status_code == 204
     assert api_client.get(f"/v1/jobs/{job['id']}").status_code == 404

@@ -331,7 +331,9 @@ def test_cancelling_a_video_mid_way_stops_its_chunks_and_removes_its_files(
         "the first chunk through inference",
     )
     assert api_client.delete(f"/v1/jobs/{job_id}").status_code == 204
-    storage = stack_settings.resolve(stack_settings.storage_dir) / "jobs" / job_id
+    storage = (
+        stack_settings.resolve(stack_settings.storage_dir) / "tenants" / "acme" / "jobs" / job_id
+    )
 
     # A later job through the same single workers proves the cancelled chunks are behind us.
     after = tmp_path / "after.mp4"

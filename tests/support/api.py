@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.jobs import wait_for_job
+from tests.support.keys import OFFLINE_KEY, headers, offline_keys
 
 
 def submit(client: Any, image: Path | bytes, fields: dict[str, Any], name: str = "") -> Any:
@@ -32,3 +33,13 @@ def assert_problem(response: Any, status: int, detail: str) -> None:
     body = response.json()
     assert body["status"] == status
     assert detail in body["detail"]
+
+
+def offline_app(settings: Any) -> Any:
+    """A test client of an app whose Redis and RabbitMQ are down, sending a member key
+    of a key table in memory (auth still runs: only the table is not Redis)."""
+    from api.app import create_app
+
+    client = create_app(settings, keys=offline_keys()).test_client()
+    client.headers.update(headers(OFFLINE_KEY))
+    return client

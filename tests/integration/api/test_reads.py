@@ -11,6 +11,7 @@ from api.app import create_app
 from celery_worker.upkeep import fail_stuck_jobs
 from common.jobstore import JobStore
 from common.settings import Settings
+from tests.support.keys import headers
 from tests.support.store import new_job
 
 pytestmark = pytest.mark.broker
@@ -30,6 +31,8 @@ def test_reading_a_stuck_job_does_not_fail_it(store: JobStore, tmp_path: object)
         storage_dir=tmp_path,  # type: ignore[arg-type]
     )
     client = create_app(settings).test_client()
+    _, secret = store.apikeys.create("default", "reads", "reader")
+    client.headers.update(headers(secret))
     for path in (f"/v1/jobs/{job_id}", "/v1/jobs", "/v1/jobs?state=running"):
         assert client.get(path).status_code == 200
     assert store.jobs.state(job_id) == "running"

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.broker
 
 def context(store: JobStore) -> Any:
     """What the bookkeeping reads of a worker's context: the store, and callbacks (none)."""
-    return SimpleNamespace(store=store, notify=lambda job_id: None)
+    return SimpleNamespace(store=store, ended=lambda job_id: None)
 
 
 def test_a_step_whose_worker_keeps_dying_fails_the_job(store: JobStore) -> None:

@@ -24,6 +24,7 @@ from celery_worker.upkeep import (
 )
 from celery_worker.video.chunks import FINISH_SECONDS_PER_FRAME
 from common.celery_app import make_celery
+from common.contract import DEFAULT_TENANT
 from common.jobstore import JobStore
 from common.settings import Settings
 from common.storage import Storage
@@ -39,11 +40,11 @@ def test_upkeep_removes_expired_jobs_and_their_files(store: JobStore, tmp_path: 
     storage = Storage(tmp_path)
     old, fresh = new_job(store), new_job(store)
     for job_id in (old, fresh):
-        storage.write_bytes(storage.key(job_id, "input.jpg"), b"x")
+        storage.write_bytes(storage.key(DEFAULT_TENANT, job_id, "input.jpg"), b"x")
     store.redis.zadd(store.keys.index(), {old: time.time() - 7200})
     assert purge_expired(store, storage) == 1
-    assert not storage.job_dir(old).exists() and store.jobs.get(old) is None
-    assert storage.job_dir(fresh).exists() and store.jobs.get(fresh) is not None
+    assert not storage.job_dir(DEFAULT_TENANT, old).exists() and store.jobs.get(old) is None
+    assert storage.job_dir(DEFAULT_TENANT, fresh).exists() and store.jobs.get(fresh) is not None
 
 
 def test_upkeep_removes_upload_scratch_files_a_day_old(store: JobStore, tmp_path: Path) -> None:
@@ -122,6 +123,7 @@ def upkeep_context(store: JobStore, tmp_path: Path) -> Any:
         catalogue=CATALOGUE,
         celery=make_celery(settings),
         notify=lambda job_id: None,
+        ended=lambda job_id: None,
     )
 
 
@@ -209,7 +211,7 @@ def test_upkeep_runs_by_itself_with_no_job_traffic(
     storage = Storage(settings.resolve(settings.storage_dir))
 
     expired = new_job(store)
-    storage.write_bytes(storage.key(expired, "input.jpg"), b"x")
+    storage.write_bytes(storage.key(DEFAULT_TENANT, expired, "input.jpg"), b"x")
     store.redis.zadd(store.keys.index(), {expired: time.time() - settings.job_ttl_seconds - 60})
 
     stuck = new_job(store)
@@ -219,7 +221,7 @@ def test_upkeep_runs_by_itself_with_no_job_traffic(
     store.redis.hset(store.keys.job(stuck), "steps", json.dumps(steps))
 
     lost = uuid.uuid4().hex
-    key = storage.key(lost, "input.jpg")
+    key = storage.key(DEFAULT_TENANT, lost, "input.jpg")
     storage.write_bytes(key, (assets / "zidane.jpg").read_bytes())
     info = {**image_input(key), "width": 1280, "height": 720}
     new_job(store, "blur-faces", PIPELINES["blur-faces"].defaults(), info, lost)
@@ -227,7 +229,7 @@ def test_upkeep_runs_by_itself_with_no_job_traffic(
 
     def done() -> bool:
         return (
-            not storage.job_dir(expired).exists()
+            not storage.job_dir(DEFAULT_TENANT, expired).exists()
             and store.jobs.get(expired) is None
             and store.jobs.state(stuck) == "failed"
             and lost not in store.jobs.unpublished(time.time())
@@ -240,3 +242,45 @@ def test_upkeep_runs_by_itself_with_no_job_traffic(
     job = wait_for_job(lambda j: store.jobs.get(j) or {"state": "gone"}, lost, 90)
     assert job["state"] == "succeeded", job["error"]
     assert len(store.jobs.result(lost)["detections"]) == 2  # type: ignore[index]
+
+
+@pytest.mark.workers
+def test_upkeep_releases_a_batch_whose_window_stalled(
+    stack_settings: Settings, workers: Any, assets: Path, stack_store: JobStore
+) -> None:
+    """Members held back and nobody left to release them (the releaser died): upkeep does."""
+    storage = Storage(stack_settings.resolve(stack_settings.storage_dir))
+    batch_id = uuid.uuid4().hex
+    ids = []
+    for _ in range(3):
+        job_id = uuid.uuid4().hex
+        key = storage.key("acme", job_id, "input.jpg")
+        storage.write_bytes(key, (assets / "zidane.jpg").read_bytes())
+        info = {**image_input(key), "width": 1280, "height": 720}
+        options = PIPELINES["blur-faces"].defaults()
+        stack_store.jobs.create(
+            job_id,
+            "blur-faces",
+            [(s.stage, s.queue) for s in PIPELINES["blur-faces"].steps],
+            options,
+            info,
+            [],
+            tenant="acme",
+            batch_id=batch_id,
+            held=True,
+        )
+        ids.append(job_id)
+    members = [
+        {"index": i, "filename": "x.jpg", "job_id": j, "error": None} for i, j in enumerate(ids)
+    ]
+    stack_store.batches.create({"id": batch_id, "tenant": "acme", "members": members})
+    assert stack_store.batches.held_count(batch_id) == 3
+    wait_until(
+        lambda: stack_store.batches.held_count(batch_id) == 0,
+        2 * stack.UPKEEP_SECONDS + 1,
+        "upkeep to release the held members",
+    )
+    for job_id in ids:
+        job = wait_for_job(lambda j: stack_store.jobs.get(j) or {"state": "gone"}, job_id, 90)
+        assert job["state"] == "succeeded", job["error"]
+    assert batch_id not in stack_store.batches.with_held()

@@ -11,9 +11,8 @@ from typing import Any
 
 import pytest
 
-from api.app import create_app
 from common.settings import Settings
-from tests.support.api import assert_problem
+from tests.support.api import assert_problem, offline_app
 from tests.support.images import jpeg, png_bytes, png_header_only
 
 
@@ -67,7 +66,7 @@ def test_not_an_image_is_415(offline_client: Any, offline_settings: Settings) ->
 
 
 def test_too_many_pixels_is_422(tmp_path: Path, offline_settings: Settings) -> None:
-    client = create_app(replace(offline_settings, max_image_pixels=1000)).test_client()
+    client = offline_app(replace(offline_settings, max_image_pixels=1000))
     assert_problem(
         post(client, png_bytes(40, 30), {"pipeline": "detect"}),
         422,
@@ -83,7 +82,7 @@ def test_decompression_bomb_is_422_without_decoding(offline_client: Any) -> None
 
 
 def test_upload_over_the_limit_is_413(offline_settings: Settings) -> None:
-    client = create_app(replace(offline_settings, max_upload_bytes=200_000)).test_client()
+    client = offline_app(replace(offline_settings, max_upload_bytes=200_000))
     big = jpeg() + b"\0" * 300_000
     assert_problem(post(client, big, {"pipeline": "detect"}), 413, "limited to 200000 bytes")
     assert stored_files(offline_settings) == []
@@ -93,7 +92,7 @@ def test_upload_just_over_the_limit_inside_the_envelope_slack_is_413(
     offline_settings: Settings,
 ) -> None:
     # Over the file limit but under limit + multipart slack: the handler measures the file.
-    client = create_app(replace(offline_settings, max_upload_bytes=20_000)).test_client()
+    client = offline_app(replace(offline_settings, max_upload_bytes=20_000))
     response = post(client, jpeg() + b"\0" * 25_000, {"pipeline": "blur-faces"})
     assert_problem(response, 413, "limited to 20000 bytes (CV_MAX_UPLOAD_BYTES)")
     assert stored_files(offline_settings) == []

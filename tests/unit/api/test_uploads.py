@@ -24,6 +24,7 @@ from starlette.types import Message
 
 from api.app import build_services, create_app
 from api.limits import BodySizeLimit
+from api.quotas import Limits
 from api.uploads import (
     CHUNK,
     PART_MEMORY_MAX,
@@ -33,8 +34,9 @@ from api.uploads import (
 )
 from common.settings import Settings
 from common.storage import Storage
-from tests.support.api import assert_problem
+from tests.support.api import assert_problem, offline_app
 from tests.support.images import jpeg
+from tests.support.keys import OFFLINE_KEY, headers, offline_keys
 
 BOUNDARY = "test-boundary-7MA4YWxkTrZu0gW"
 SCHEMA = {
@@ -205,13 +207,26 @@ class RecordingStore:
         raise redis.ConnectionError("recorded; no Redis here")
 
 
+class NoLimits:
+    """Admits everything (the quotas' own Redis is down here)."""
+
+    def admit(self, tenant: str, jobs: int, upload_bytes: int) -> Limits:
+        return Limits(active_jobs=0, submissions_per_minute=0, bytes=0)
+
+
 @pytest.mark.parametrize(("size", "linked"), [(10_000, False), (3 * PART_MEMORY_MAX, True)])
 def test_upload_reaches_storage_byte_for_byte(
     offline_settings: Settings, size: int, linked: bool
 ) -> None:
     services = build_services(offline_settings)
     store = RecordingStore(services.storage)
-    client = create_app(offline_settings, replace(services, store=store)).test_client()  # type: ignore[arg-type]
+    app = create_app(
+        offline_settings,
+        replace(services, store=store, quotas=NoLimits()),  # type: ignore[arg-type]
+        keys=offline_keys(),
+    )
+    client = app.test_client()
+    client.headers.update(headers(OFFLINE_KEY))
     data = big_jpeg(size)
 
     response = client.post(
@@ -377,7 +392,7 @@ def test_body_limit_per_path(
 
 def test_body_over_the_video_limit_is_413_naming_the_setting(offline_settings: Settings) -> None:
     settings = replace(offline_settings, max_upload_bytes=1000, max_video_bytes=200_000)
-    client = create_app(settings).test_client()
+    client = offline_app(settings)
     response = client.post(
         "/v1/jobs", files={"file": ("v.mp4", b"\0" * 300_000, "video/mp4")}, data={}
     )

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from common.settings import Settings
+from tests.support.api import offline_app
 from tests.support.images import jpeg
 
 
@@ -21,9 +22,8 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> bytes:
 
 
 def _post(settings: Settings, data: bytes, fields: dict[str, str], name: str = "v.mp4") -> Any:
-    from api.app import create_app
 
-    client = create_app(settings).test_client()
+    client = offline_app(settings)
     return client.post("/v1/jobs", files={"file": (name, data, "video/mp4")}, data=fields)
 
 

@@ -22,6 +22,7 @@ from common.steps import STEPS
 from tests.support.catalogue import PIPELINES
 
 JOB = "0123456789abcdef0123456789abcdef"
+JOB_FIELDS = {"job_id": JOB, "tenant": "acme", "priority": "normal"}
 
 
 @pytest.fixture
@@ -34,7 +35,7 @@ def memory_app() -> Any:
 @pytest.mark.parametrize("name", list(PIPELINES))
 def test_chain_runs_the_steps_in_order_each_on_its_queue(name: str, memory_app: Any) -> None:
     pipeline = PIPELINES[name]
-    payload: Any = {"job_id": JOB, "pipeline": name, "options": pipeline.defaults()}
+    payload: Any = {**JOB_FIELDS, "pipeline": name, "options": pipeline.defaults()}
     chain = build_chain(memory_app, pipeline, payload, step_task_ids(JOB, pipeline))
     tasks = chain.tasks
     assert [t.task for t in tasks] == [s.task for s in pipeline.steps]
@@ -42,13 +43,14 @@ def test_chain_runs_the_steps_in_order_each_on_its_queue(name: str, memory_app: 
     assert [t.options["task_id"] for t in tasks] == [f"{JOB}-{s.stage}" for s in pipeline.steps]
     assert tasks[0].args == (payload,)
     assert all(t.args == () for t in tasks[1:])
+    assert [t.options["priority"] for t in tasks] == [2, 2, 2]  # "normal"
 
 
 def test_publishing_puts_the_first_step_on_preprocess_with_the_rest_attached(
     memory_app: Any,
 ) -> None:
     pipeline = PIPELINES["detect"]
-    payload: Any = {"job_id": JOB, "pipeline": "detect", "options": pipeline.defaults()}
+    payload: Any = {**JOB_FIELDS, "pipeline": "detect", "options": pipeline.defaults()}
     build_chain(memory_app, pipeline, payload, step_task_ids(JOB, pipeline)).apply_async()
     with Connection("memory://") as conn:
         message = conn.SimpleQueue("preprocess").get(timeout=2)
@@ -68,7 +70,7 @@ def test_publishing_puts_the_first_step_on_preprocess_with_the_rest_attached(
 
 def test_task_ids_must_match_steps(memory_app: Any) -> None:
     with pytest.raises(ValueError, match="one task id per step"):
-        build_chain(memory_app, PIPELINES["detect"], {"job_id": JOB}, ["only-one"])
+        build_chain(memory_app, PIPELINES["detect"], {**JOB_FIELDS}, ["only-one"])
 
 
 def test_delivery_guarantees_are_configured() -> None:
@@ -91,7 +93,7 @@ def test_routes_send_each_task_to_its_steps_queue(step: Any) -> None:
 
 def test_the_video_start_is_one_task_on_the_preprocess_queue() -> None:
     app = make_celery(replace(Settings(), broker_url="memory://"))
-    payload: Any = {"job_id": JOB, "kind": "video", "render": "postprocess.blur-faces"}
+    payload: Any = {**JOB_FIELDS, "kind": "video", "render": "postprocess.blur-faces"}
     signature = build_video_start(app, payload, f"{JOB}-preprocess")
     assert signature.task == "cv.preprocess.video"
     assert signature.options["queue"] == "preprocess"
@@ -102,7 +104,7 @@ def test_the_video_start_is_one_task_on_the_preprocess_queue() -> None:
 
 def test_a_chunk_runs_its_three_steps_each_on_its_queue(memory_app: Any) -> None:
     chunk = {"index": 3, "start": 24, "count": 8, "source_pts": list(range(24, 32))}
-    payload: Any = {"job_id": JOB, "pipeline": "blur-faces", "chunk": chunk}
+    payload: Any = {**JOB_FIELDS, "priority": "low", "pipeline": "blur-faces", "chunk": chunk}
     tasks = build_chunk_chain(memory_app, payload).tasks
     assert [t.task for t in tasks] == [
         "cv.preprocess.video_chunk",
@@ -114,6 +116,7 @@ def test_a_chunk_runs_its_three_steps_each_on_its_queue(memory_app: Any) -> None
         f"{JOB}-c3-{stage}" for stage in ("preprocess", "inference", "postprocess")
     ]
     assert tasks[0].args == (payload,) and all(t.args == () for t in tasks[1:])
+    assert [t.options["priority"] for t in tasks] == [1, 1, 1]  # a batch member's "low"
 
 
 @pytest.mark.parametrize(
@@ -128,11 +131,13 @@ def test_the_first_publish_is_built_from_the_record(
     info = {"key": f"jobs/{JOB}/input.x", "kind": kind, "width": 640, "height": 360}
     if kind == "video":
         info["video"] = video
-    signature = build_start(memory_app, pipeline, JOB, options, info)
+    record = {"id": JOB, "tenant": "acme", "priority": "high", "options": options, "input": info}
+    signature = build_start(memory_app, pipeline, record)
     first = signature.tasks[0] if kind == "image" else signature
     assert first.task == first_task and first.options["task_id"] == f"{JOB}-preprocess"
     payload = first.args[0]
     assert payload["input_key"] == info["key"] and payload["model_name"] == "mtcnn"
+    assert payload["tenant"] == "acme" and first.options["priority"] == 3
     if kind == "video":
         assert payload["video"] == video and payload["render"] == "postprocess.blur-faces"
     else:
