@@ -116,11 +116,14 @@ class Tenants(StorePart):
         return self.require(name)
 
     def rotate_secret(self, name: str, grace_seconds: float) -> str:
-        """A new signing secret (shown once); the current one stays valid ``grace_seconds``."""
+        """A new signing secret (shown once); the older ones stay valid ``grace_seconds``."""
         tenant = self.require(name)
         now = time.time()
+        # Every older secret stops at most ``grace_seconds`` from now (0: at once, as for
+        # a leaked one).
+        until = now + grace_seconds
         kept = [
-            {**s, "expires": s["expires"] if s["expires"] is not None else now + grace_seconds}
+            {**s, "expires": until if s["expires"] is None else min(s["expires"], until)}
             for s in tenant.secrets
             if s["expires"] is None or s["expires"] > now
         ]
