@@ -8,6 +8,7 @@ is built on request from the jobs' results and artifacts.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import uuid
@@ -16,6 +17,9 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import PurePosixPath
 from typing import IO, Any
+
+import redis
+from kombu.exceptions import OperationalError
 
 from api.auth import Caller
 from api.errors import (
@@ -31,7 +35,9 @@ from api.services import Services
 from api.submissions import check_image, parse_request, refuse_if_unavailable, submit_image
 from api.views import artifact_links, job_url
 from common.clock import now_iso
-from common.contract import DEFAULT_TENANT, TERMINAL_STATES
+from common.contract import DEFAULT_TENANT, STAGES, TERMINAL_STATES
+
+log = logging.getLogger(__name__)
 
 # Zip members that are never images: folder entries and the litter of desktop zippers.
 _SKIP = ("__MACOSX/", ".DS_Store", "Thumbs.db")
@@ -73,8 +79,7 @@ def submit(
         limits = svc.quotas.admit(request.tenant, len(files) + len(entries), size)
         batch_id = uuid.uuid4().hex
         window = svc.settings.batch_window
-        members = []
-        in_flight = 0
+        members: list[dict[str, Any]] = []
         for index, (filename, stream) in enumerate(_members(svc, files, bundle, entries)):
             member: dict[str, Any] = {
                 "index": index,
@@ -86,16 +91,18 @@ def submit(
                 if isinstance(stream, ApiError):
                     raise stream
                 header = check_image(svc, stream)
-                held = bool(window) and in_flight >= window
                 job = submit_image(
-                    svc, request, header, stream, filename, limits.active_jobs, (batch_id, held)
+                    svc, request, header, stream, filename, limits.active_jobs, (batch_id, window)
                 )
                 member["job_id"] = job["id"]
-                in_flight += not held
-            except ServiceUnavailable:
-                raise
             except ApiError as exc:
+                if isinstance(exc, ServiceUnavailable):
+                    _undo(svc, request.tenant, members)
+                    raise
                 member["error"] = exc.detail
+            except BaseException:
+                _undo(svc, request.tenant, members)
+                raise
             members.append(member)
     finally:
         if bundle is not None:
@@ -112,6 +119,22 @@ def submit(
     }
     svc.store.batches.create(batch)
     return batch
+
+
+def _undo(svc: Services, tenant: str, members: list[dict[str, Any]]) -> None:
+    """A batch that cannot be completed (RabbitMQ or Redis failed part way) leaves nothing:
+    its members so far are cancelled and removed, as a single job's upload is."""
+    for member in members:
+        job_id = member["job_id"]
+        if job_id is None:
+            continue
+        try:
+            if svc.store.jobs.cancel(job_id):
+                svc.celery.control.revoke([f"{job_id}-{s}" for s in STAGES])
+            svc.store.jobs.delete(job_id, tenant)
+        except (redis.RedisError, OperationalError):
+            log.warning("could not remove batch member %s after a failed batch", job_id)
+        svc.storage.remove_job(tenant, job_id)
 
 
 def _open_zip(archive: IO[bytes]) -> zipfile.ZipFile:

@@ -49,13 +49,19 @@ def saved_key(path: Path, tenant: str, name: str, role: str, settings: Settings)
     if path.is_file():
         secret = path.read_text().strip()
         key = svc.store.apikeys.find(secret)
-        if key is not None and not key.revoked and key.tenant == tenant:
+        if key is not None and not key.revoked and (key.tenant, key.role) == (tenant, role):
             return secret
     made = admin.create_key(svc, tenant, name, role)
+    _write_secret(path, made["secret"])
+    return str(made["secret"])
+
+
+def _write_secret(path: Path, secret: str) -> None:
+    """``secret`` into ``path``, readable by its owner only (also when the file exists)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.touch(mode=0o600)
-    path.write_text(made["secret"] + "\n")
-    return str(made["secret"])
+    path.chmod(0o600)
+    path.write_text(secret + "\n")
 
 
 def main(argv: list[str] | None = None, settings: Settings | None = None) -> int:
@@ -78,9 +84,7 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
         if args.command == "create":
             made = admin.create_key(svc, args.tenant, args.name, args.role)
             if args.save:
-                args.save.parent.mkdir(parents=True, exist_ok=True)
-                args.save.touch(mode=0o600)
-                args.save.write_text(made["secret"] + "\n")
+                _write_secret(args.save, made["secret"])
             _created(made)
         elif args.command == "list":
             _print(admin.keys(svc, args.tenant)["keys"])

@@ -166,12 +166,12 @@ def submit_image(
     stream: IO[bytes],
     filename: str,
     active_limit: int,
-    batch: tuple[str, bool] | None = None,
+    batch: tuple[str, int] | None = None,
 ) -> dict[str, Any]:
     """Store, record and queue one checked image of a validated request; all or nothing.
 
-    ``batch``: the batch's id, and whether this member is held (recorded, published
-    later by the member before it ending).
+    ``batch``: the id and window of the batch it belongs to; a member recorded ``held``
+    is published later, when a member before it ends (``common.batching``).
     """
     input_info = _input_info("image", filename, header.content_type, header.format)
     input_info.update(width=header.width, height=header.height)
@@ -209,7 +209,7 @@ def _enqueue(
     extension: str,
     input_info: dict[str, Any],
     active_limit: int,
-    batch: tuple[str, bool] | None = None,
+    batch: tuple[str, int] | None = None,
 ) -> dict[str, Any]:
     """Store the upload, record the job and publish its first step; all or nothing.
 
@@ -238,7 +238,7 @@ def _enqueue(
             priority=request.priority,
             active_limit=active_limit,
             batch_id=batch[0] if batch else None,
-            held=bool(batch and batch[1]),
+            window=batch[1] if batch else 0,
         )
     except OverLimit:
         svc.storage.remove_job(tenant, job_id)

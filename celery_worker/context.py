@@ -46,6 +46,6 @@ class WorkerContext:
             self.celery.send_task(TASK_NOTIFY, args=(job_id,), queue=QUEUE_NOTIFY)
 
     def ended(self, job_id: str) -> None:
-        """The job succeeded or failed here: its callback, and its batch's next member."""
-        self.notify(job_id)
+        """The job succeeded or failed here: its batch's next member, and its callback."""
         after_end(self.store, self.celery, self.catalogue.pipelines, self.store.jobs.get(job_id))
+        self.notify(job_id)

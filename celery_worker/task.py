@@ -230,10 +230,13 @@ def _fail(ctx: WorkerContext, payload: Any, step: str, kind: str, detail: str) -
 
 def forget(ctx: WorkerContext, tenant: str, job_id: str) -> None:
     """Remove a cancelled or vanished job's files (a step may have re-made some), and a
-    failed job's working files (a video's decoded frames and segments); its upload stays.
+    failed job's working files and any artifact it had begun (a video's decoded frames,
+    segments, a half-made MP4: never counted as stored); its upload stays.
     """
     state = ctx.store.jobs.state(job_id)
     if state in (None, "cancelled"):
         ctx.storage.remove_job(tenant, job_id)
     elif state == "failed":
-        shutil.rmtree(ctx.storage.job_dir(tenant, job_id) / "work", ignore_errors=True)
+        folder = ctx.storage.job_dir(tenant, job_id)
+        shutil.rmtree(folder / "work", ignore_errors=True)
+        shutil.rmtree(folder / "artifacts", ignore_errors=True)

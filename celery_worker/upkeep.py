@@ -44,12 +44,12 @@ from redis.exceptions import LockError
 from celery_worker.context import WorkerContext
 from celery_worker.task import forget
 from celery_worker.video.chunks import FINISH_SECONDS_PER_FRAME
-from common.batching import release
+from common.batching import fill
 from common.catalogue import load_catalogue
 from common.celery_app import HARD_LIMIT_GRACE_SECONDS
 from common.chains import build_start
 from common.clock import seconds_since
-from common.contract import DEFAULT_TENANT
+from common.contract import ACTIVE_STATES, DEFAULT_TENANT
 from common.jobstore import JobStore
 from common.jobstore.records import JobRecords
 from common.settings import Settings
@@ -270,26 +270,16 @@ def republish_unpublished(ctx: WorkerContext, now: float) -> tuple[int, int]:
 
 
 def release_stalled_batches(ctx: WorkerContext, now: float) -> int:
-    """Fill the window of each batch with held members and fewer in flight than it allows."""
-    window = ctx.settings.batch_window or 1
+    """Fill the window of each batch with held members: after dropping from its members in
+    flight those that ended without saying so (their process died), as a worker would."""
     released = 0
+    pipelines = None
     for batch_id in ctx.store.batches.with_held():
-        batch = ctx.store.batches.get(batch_id)
-        if batch is None:
-            # The API may be recording it now; past the grace, it died before finishing.
-            first = ctx.store.redis.lindex(ctx.store.keys.held(batch_id), 0)
-            record = ctx.store.jobs.get(str(first)) if first else None
-            submitted = datetime.fromisoformat(record["submitted_at"]).timestamp() if record else 0
-            if now - submitted < UNPUBLISHED_AFTER_SECONDS:
-                continue
-            in_flight = 0
-        else:
-            in_flight = ctx.store.jobs.in_flight(
-                [m["job_id"] for m in batch["members"] if m["job_id"]]
-            )
-        if in_flight < window:
-            pipelines = load_catalogue(ctx.settings).pipelines
-            released += release(ctx.store, ctx.celery, pipelines, batch_id, window - in_flight)
+        for job_id in ctx.store.batches.in_flight(batch_id):
+            if ctx.store.jobs.state(job_id) not in ACTIVE_STATES:
+                ctx.store.batches.landed(batch_id, job_id)
+        pipelines = pipelines or load_catalogue(ctx.settings).pipelines
+        released += fill(ctx.store, ctx.celery, pipelines, batch_id)
     return released
 
 

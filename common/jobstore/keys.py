@@ -27,8 +27,9 @@ key                                type    what
 ``cv:job:<id>:dispatched``         set     video chunks published (-1: the finishing step)
 ``cv:batch:<id>``                  string  a batch: its members and their job ids, JSON
                                            (``batches``)
-``cv:batch:<id>:held``             list    members recorded but held back, in order: a
-                                           batch has ``CV_BATCH_WINDOW`` members in flight
+``cv:batch:<id>:held``             list    members recorded but held back, in order
+``cv:batch:<id>:flight``           set     members in flight (at most the window)
+``cv:batch:<id>:window``           string  how many may be in flight (``CV_BATCH_WINDOW``)
 ``cv:batches:held``                set     batches with held members (upkeep's to watch)
 ``cv:workers``                     hash    one JSON report per inference worker process:
                                            its models, and when the report goes stale
@@ -131,6 +132,12 @@ class Keys:
 
     def held(self, batch_id: str) -> str:
         return f"{self.prefix}:batch:{batch_id}:held"
+
+    def in_flight(self, batch_id: str) -> str:
+        return f"{self.prefix}:batch:{batch_id}:flight"
+
+    def window(self, batch_id: str) -> str:
+        return f"{self.prefix}:batch:{batch_id}:window"
 
     def held_batches(self) -> str:
         return f"{self.prefix}:batches:held"

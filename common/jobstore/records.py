@@ -13,36 +13,51 @@ from collections.abc import Sequence
 from typing import Any
 
 from common.clock import iso, now_iso
-from common.contract import ACTIVE_STATES, DEFAULT_TENANT, JobState
+from common.contract import DEFAULT_TENANT, JobState
 from common.jobstore.transitions import JobTransitions, decode
 
 # A new record, unless the tenant has ``limit`` jobs queued or running already (0: no
-# limit), in one step: two submissions can never both take the last slot. A held batch
-# member is also put at the end of its batch's held list (``batches``), not in the
-# unpublished list: it waits to be released, it is not lost.
+# limit), in one step: two submissions can never both take the last slot. A batch
+# member is held when its batch has ``window`` members in flight already: it goes to the
+# end of the batch's held list, not to the unpublished list (it waits, it is not lost);
+# otherwise it joins the batch's members in flight. Returns 0 (over the limit), 1 (to
+# publish now) or 2 (held).
 # KEYS: record, tenant queued, tenant running, usage, job-bytes, held list, held batches,
-#       then the lists to add it to. ARGV: limit, ttl, score, job id, bytes, batch id of a
-#       held member or "", then the record's fields and values.
+#       in flight, window, unpublished, then the lists to add it to.
+# ARGV: limit, ttl, score, job id, bytes, batch id or "", window, then fields and values.
 _CREATE = """
 local limit = tonumber(ARGV[1])
 if limit > 0 and redis.call('ZCARD', KEYS[2]) + redis.call('ZCARD', KEYS[3]) >= limit then
   return 0
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+local held = 0
+if ARGV[6] ~= '' then
+  redis.call('SET', KEYS[9], ARGV[7], 'EX', ARGV[2])
+  local window = tonumber(ARGV[7])
+  if window > 0 and redis.call('SCARD', KEYS[8]) >= window then held = 1 end
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 8))
+redis.call('HSET', KEYS[1], 'held', held == 1 and '1' or '')
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
-for i = 8, #KEYS do redis.call('ZADD', KEYS[i], ARGV[3], ARGV[4]) end
-if ARGV[6] ~= '' then
+for i = 11, #KEYS do redis.call('ZADD', KEYS[i], ARGV[3], ARGV[4]) end
+if held == 1 then
   redis.call('RPUSH', KEYS[6], ARGV[4])
   redis.call('EXPIRE', KEYS[6], ARGV[2])
   redis.call('SADD', KEYS[7], ARGV[6])
+else
+  redis.call('ZADD', KEYS[10], ARGV[3], ARGV[4])
+  if ARGV[6] ~= '' then
+    redis.call('SADD', KEYS[8], ARGV[4])
+    redis.call('EXPIRE', KEYS[8], ARGV[2])
+  end
 end
 local bytes = tonumber(ARGV[5])
 if bytes > 0 then
   redis.call('HINCRBY', KEYS[4], 'bytes', bytes)
   redis.call('HINCRBY', KEYS[5], ARGV[4], bytes)
 end
-return 1
+return 1 + held
 """
 # What a job holds in storage no longer counts for its tenant. KEYS: usage, job-bytes.
 _RELEASE = """
@@ -88,14 +103,15 @@ class JobRecords(JobTransitions):
         priority: str = "normal",
         active_limit: int = 0,
         batch_id: str | None = None,
-        held: bool = False,
+        window: int = 0,
     ) -> dict[str, Any]:
         """Record a new queued job, not yet published; returns the record as ``get`` would.
 
         Raises ``OverLimit`` (and records nothing) when ``tenant`` has ``active_limit``
         jobs queued or running already. The upload's ``input_info["bytes"]`` counts
-        towards the tenant's bytes stored. A ``held`` member of batch ``batch_id`` waits
-        in the batch's held list until a member before it ends (``Batches.release``).
+        towards the tenant's bytes stored. A member of batch ``batch_id`` is recorded
+        ``held`` when the batch has ``window`` members in flight (0: no window): it is not
+        to be published now, but when a member before it ends (``common.batching``).
         """
         submitted = time.time()
         record = {
@@ -104,7 +120,6 @@ class JobRecords(JobTransitions):
             "key_id": key_id or "",
             "priority": priority,
             "batch_id": batch_id or "",
-            "held": "1" if held else "",
             "pipeline": pipeline,
             "state": "queued",
             "step": "",
@@ -136,10 +151,12 @@ class JobRecords(JobTransitions):
                 keys.job_bytes(tenant),
                 keys.held(batch_id or "-"),
                 keys.held_batches(),
+                keys.in_flight(batch_id or "-"),
+                keys.window(batch_id or "-"),
+                keys.unpublished(),
                 keys.index(),
                 keys.index("queued"),
                 keys.tenant_index(tenant),
-                *([] if held else [keys.unpublished()]),
             ],
             args=[
                 active_limit,
@@ -147,13 +164,14 @@ class JobRecords(JobTransitions):
                 repr(submitted),
                 job_id,
                 int(input_info.get("bytes") or 0),
-                batch_id if held and batch_id else "",
+                batch_id or "",
+                window,
                 *(item for pair in record.items() for item in pair),
             ],
         )
         if not created:
             raise OverLimit(f"{active_limit} jobs of tenant {tenant!r} are queued or running")
-        return decode(record)
+        return decode({**record, "held": "1" if created == 2 else ""})
 
     def published(self, job_id: str) -> None:
         """The job's first step is in RabbitMQ (publisher-confirmed)."""
@@ -179,14 +197,6 @@ class JobRecords(JobTransitions):
             for job_id in job_ids:
                 pipe.hget(self.keys.job(job_id), "state")
             return [str(v) if v is not None else None for v in pipe.execute()]
-
-    def in_flight(self, job_ids: Sequence[str]) -> int:
-        """How many of these jobs are queued or running and not held back."""
-        with self.redis.pipeline(transaction=False) as pipe:
-            for job_id in job_ids:
-                pipe.hmget(self.keys.job(job_id), "state", "held")
-            answers = pipe.execute()
-        return sum(1 for state, held in answers if state in ACTIVE_STATES and not held)
 
     def result(self, job_id: str) -> dict[str, Any] | None:
         raw = self.redis.get(self.keys.result(job_id))

@@ -22,6 +22,14 @@ from common.clock import now_iso
 from common.jobstore.keys import StorePart
 
 TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+# A new tenant's hash and its place in the set, at once (a reader never sees half of it).
+# KEYS: tenant, tenants. ARGV: name, then fields and values.
+_CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('SADD', KEYS[2], ARGV[1])
+return 1
+"""
 LIMITS = ("active_jobs", "submissions_per_minute", "bytes")
 
 
@@ -60,6 +68,9 @@ class Tenant:
 
 
 class Tenants(StorePart):
+    def __post_init__(self) -> None:
+        self._create = self.redis.register_script(_CREATE)
+
     def create(self, name: str, limits: dict[str, int] | None = None) -> tuple[Tenant, str]:
         """A new tenant and its signing secret (shown once). ``TenantError`` if it exists."""
         check_name(name)
@@ -71,12 +82,9 @@ class Tenants(StorePart):
             "limits": json.dumps(_checked_limits(limits or {})),
             "secrets": json.dumps([entry]),
         }
-        if not self.redis.hsetnx(self.keys.tenant(name), "name", name):
+        keys = [self.keys.tenant(name), self.keys.tenants()]
+        if not self._create(keys=keys, args=[name, *(x for kv in fields.items() for x in kv)]):
             raise TenantError(f"tenant {name!r} exists already")
-        with self.redis.pipeline() as pipe:
-            pipe.hset(self.keys.tenant(name), mapping=fields)
-            pipe.sadd(self.keys.tenants(), name)
-            pipe.execute()
         return self._decode(fields), secret
 
     def ensure(self, name: str) -> tuple[Tenant, str | None]:

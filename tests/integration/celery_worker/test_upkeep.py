@@ -248,39 +248,41 @@ def test_upkeep_runs_by_itself_with_no_job_traffic(
 def test_upkeep_releases_a_batch_whose_window_stalled(
     stack_settings: Settings, workers: Any, assets: Path, stack_store: JobStore
 ) -> None:
-    """Members held back and nobody left to release them (the releaser died): upkeep does."""
+    """A member in flight ended without making room (its process died): upkeep finds it,
+    and the held members after it run."""
     storage = Storage(stack_settings.resolve(stack_settings.storage_dir))
     batch_id = uuid.uuid4().hex
-    ids = []
+    ids, held = [], []
     for _ in range(3):
         job_id = uuid.uuid4().hex
         key = storage.key("acme", job_id, "input.jpg")
         storage.write_bytes(key, (assets / "zidane.jpg").read_bytes())
         info = {**image_input(key), "width": 1280, "height": 720}
-        options = PIPELINES["blur-faces"].defaults()
-        stack_store.jobs.create(
+        record = stack_store.jobs.create(
             job_id,
             "blur-faces",
             [(s.stage, s.queue) for s in PIPELINES["blur-faces"].steps],
-            options,
+            PIPELINES["blur-faces"].defaults(),
             info,
             [],
             tenant="acme",
             batch_id=batch_id,
-            held=True,
+            window=1,
         )
         ids.append(job_id)
-    members = [
-        {"index": i, "filename": "x.jpg", "job_id": j, "error": None} for i, j in enumerate(ids)
-    ]
-    stack_store.batches.create({"id": batch_id, "tenant": "acme", "members": members})
-    assert stack_store.batches.held_count(batch_id) == 3
+        held.append(record["held"])
+    assert held == [False, True, True]  # a window of one: the first in flight
+    # The first "ran" and its worker died before making room: failed, still in flight.
+    stack_store.jobs.fail(ids[0], "inference", "worker-lost", "gone")
+    stack_store.jobs.published(ids[0])
+    assert stack_store.batches.in_flight(batch_id) == [ids[0]]
     wait_until(
-        lambda: stack_store.batches.held_count(batch_id) == 0,
+        lambda: stack_store.batches.held_count(batch_id) < 2,
         2 * stack.UPKEEP_SECONDS + 1,
-        "upkeep to release the held members",
+        "upkeep to make room in the window",
     )
-    for job_id in ids:
+    for job_id in ids[1:]:  # each, when it ends, lets the next one in (a window of one)
         job = wait_for_job(lambda j: stack_store.jobs.get(j) or {"state": "gone"}, job_id, 90)
         assert job["state"] == "succeeded", job["error"]
+    assert stack_store.batches.in_flight(batch_id) == []
     assert batch_id not in stack_store.batches.with_held()

@@ -9,6 +9,7 @@ import uuid
 from dataclasses import replace
 from pathlib import Path
 
+import amqp
 import pytest
 import requests
 from kombu import Connection, Exchange, Queue
@@ -36,13 +37,16 @@ def test_queues_made_without_priorities_are_migrated_with_their_messages() -> No
         )
         producer = connection.Producer()
         for number in range(3):
+            # A job's first message, as the previous version's API sent it.
+            payload = {"job_id": f"{number:032x}", "input_key": f"jobs/{number:032x}/input.jpg"}
             producer.publish(
-                {"n": number},
+                [[payload], {}, {"n": number}],
                 exchange=old.exchange,
                 routing_key="preprocess",
                 declare=[old],
                 delivery_mode=2,
                 priority=number,
+                serializer="json",
             )
     settings = replace(Settings(), broker_url=url)
     moved = migrate_queues(settings)
@@ -54,9 +58,27 @@ def test_queues_made_without_priorities_are_migrated_with_their_messages() -> No
     assert migrate_queues(settings) == {}  # idempotent
     with Connection(url) as connection:
         simple = connection.SimpleQueue("preprocess", no_ack=True, queue_opts={"no_declare": True})
-        got = sorted(simple.get(timeout=5).payload["n"] for _ in range(3))
+        got = [simple.get(timeout=5) for _ in range(3)]
         simple.close()
-    assert got == [0, 1, 2]
+    bodies = sorted((m.payload for m in got), key=lambda b: b[2]["n"])
+    assert [b[2]["n"] for b in bodies] == [0, 1, 2]
+    assert sorted(m.properties["priority"] for m in got) == [0, 1, 2]  # properties kept
+    first = bodies[0][0][0]  # brought up to date for this version's workers
+    assert first["tenant"] == "default" and first["priority"] == "normal"
+    assert first["input_key"] == f"tenants/default/jobs/{0:032x}/input.jpg"
+
+    # A run stopped half way left messages in the temporary queue: the next run moves them.
+    with Connection(url) as connection:
+        channel = connection.channel()
+        channel.queue_declare("inference.migrating", durable=True, auto_delete=False)
+        for number in range(2):
+            channel.basic_publish(
+                amqp.Message(json.dumps([[{}], {}, {"n": number}])), "", "inference.migrating"
+            )
+        channel.close()
+    assert migrate_queues(settings) == {"inference": 2}
+    queues = {q["name"]: q for q in requests.get(api, auth=stack.AUTH, timeout=10).json()}
+    assert "inference.migrating" not in queues
     requests.delete(f"{stack.MANAGEMENT}/vhosts/{VHOST}", auth=stack.AUTH, timeout=10)
 
 
