@@ -17,6 +17,7 @@ from kombu.exceptions import OperationalError
 from starlette.requests import ClientDisconnect
 
 from api import swagger_page, uploads
+from api.allow import AllowHeader
 from api.auth import (
     CHALLENGE,
     AuthContext,
@@ -89,6 +90,7 @@ def create_app(
     app.add_middleware(
         AuthContext, position=MiddlewarePosition.BEFORE_SECURITY, authenticator=authenticator
     )
+    app.add_middleware(AllowHeader, position=MiddlewarePosition.BEFORE_EXCEPTION, spec=spec)
     _warm_broker(services)
     return app
 
@@ -126,13 +128,14 @@ def _unauthorized(request: ConnexionRequest, exc: Exception) -> ConnexionRespons
 
 
 def _redis_down(request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
+    # The exception names hosts and ports: the log gets it, the client does not.
     log.warning("Redis error: %s", exc)
-    return _problem(request, ServiceUnavailable(f"the job store (Redis) does not answer: {exc}"))
+    return _problem(request, ServiceUnavailable("the job store (Redis) does not answer"))
 
 
 def _broker_down(request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
     log.warning("broker error: %s", exc)
-    return _problem(request, ServiceUnavailable(f"the message broker does not answer: {exc}"))
+    return _problem(request, ServiceUnavailable("the message broker does not answer"))
 
 
 def _client_gone(request: ConnexionRequest, exc: Exception) -> ConnexionResponse:

@@ -253,7 +253,8 @@ def _enqueue(
     except BaseException as exc:
         _rollback(svc, tenant, job_id)
         if isinstance(exc, OperationalError):
-            raise ServiceUnavailable(f"the message broker does not answer: {exc}") from exc
+            log.warning("publishing job %s failed: %s", job_id, exc)
+            raise ServiceUnavailable("the message broker does not answer") from exc
         raise
     try:
         svc.store.jobs.published(job_id)

@@ -113,6 +113,26 @@ def test_health(offline_client: Any) -> None:
     assert ready.status_code == 503
     checks = ready.json()["checks"]
     assert not checks["redis"]["ok"] and not checks["rabbitmq"]["ok"]
+    assert {check["detail"] for check in checks.values()} == {"does not answer"}
+
+
+@pytest.mark.parametrize("path", ["/v1/jobs", "/v1/jobs/" + "a" * 32, "/health/ready"])
+def test_errors_name_no_host_port_or_exception(offline_client: Any, path: str) -> None:
+    # The servers are unreachable at 127.0.0.1:1; what the client reads must not say so.
+    text = offline_client.get(path).text
+    assert "does not answer" in text
+    for leak in ("127.0.0.1", ":1", "Error", "Connection refused", "errno"):
+        assert leak not in text
+
+
+def test_huge_offset_is_refused_by_the_spec(offline_client: Any) -> None:
+    # It used to reach Redis (and come back a 503); the spec bounds it now.
+    assert_problem(
+        offline_client.get("/v1/jobs?offset=" + "9" * 20),
+        400,
+        "greater than the maximum of 100000000",
+    )
+    assert offline_client.get("/v1/jobs?offset=100000000").status_code == 503  # in bounds
 
 
 @pytest.mark.parametrize(
@@ -122,3 +142,21 @@ def test_health(offline_client: Any) -> None:
 def test_malformed_job_ids_are_refused_by_the_spec(offline_client: Any, path: str) -> None:
     # The spec's pattern refuses them before any handler (or Redis) is reached.
     assert_problem(offline_client.get(path), 400, "does not match")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("put", "/v1/jobs", "GET, POST, HEAD"),
+        ("patch", "/v1/jobs/" + "a" * 32, "GET, DELETE, HEAD"),
+        ("delete", "/v1/pipelines", "GET, HEAD"),
+        ("post", "/v1/tenants/acme", "GET, PATCH, HEAD"),
+    ],
+)
+def test_405_names_every_method_of_the_path(
+    offline_client: Any, method: str, path: str, allow: str
+) -> None:
+    # Flask's own header named only the methods of the first rule that matched.
+    response = getattr(offline_client, method)(path)
+    assert response.status_code == 405
+    assert response.headers["allow"] == allow
