@@ -37,6 +37,10 @@ FORMATS = {
 }
 
 
+# The Pillow parsers that may see an upload (MPO comes out of the JPEG one).
+PARSERS = ["JPEG", "PNG", "WEBP", "BMP", "TIFF"]
+
+
 @dataclass(frozen=True)
 class ImageHeader:
     format: str
@@ -52,7 +56,9 @@ def inspect_image(stream: IO[bytes], max_pixels: int) -> ImageHeader:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(stream) as image:
+            # Only the accepted formats' parsers see the file: Pillow's other plugins (GIF,
+            # PSD, ICO, EPS, ...) are never reached by an upload.
+            with Image.open(stream, formats=PARSERS) as image:
                 fmt, (width, height) = image.format or "", image.size
     except Image.DecompressionBombError as exc:
         raise ImageUnprocessable(
@@ -64,6 +70,12 @@ def inspect_image(stream: IO[bytes], max_pixels: int) -> ImageHeader:
     # GIF files raised nothing else. ImportError: where ultralytics is imported it patches
     # Image.open to try a HEIF plugin on unidentified files, which is not installed here.
     except (UnidentifiedImageError, OSError, ImportError) as exc:
+        stream.seek(0)
+        named = _refused_format(stream.read(16))
+        if named:
+            raise NotAnImage(
+                f"{named} images are not supported; send JPEG, PNG, WebP, BMP or TIFF"
+            ) from exc
         raise NotAnImage(
             "the file is not an image the service can read; send JPEG, PNG, WebP, BMP or TIFF"
         ) from exc
@@ -79,3 +91,18 @@ def inspect_image(stream: IO[bytes], max_pixels: int) -> ImageHeader:
         )
     content_type, extension = FORMATS[fmt]
     return ImageHeader(fmt, content_type, extension, width, height)
+
+
+# Formats refused by name (their parsers are never run), by their leading bytes.
+_REFUSED_MAGIC = {
+    b"GIF87a": "GIF",
+    b"GIF89a": "GIF",
+    b"8BPS": "PSD",
+    b"\x00\x00\x01\x00": "ICO",
+    b"\x00\x00\x00\x0cjP  ": "JPEG 2000",
+    b"\xffO\xffQ": "JPEG 2000",
+}
+
+
+def _refused_format(head: bytes) -> str | None:
+    return next((name for magic, name in _REFUSED_MAGIC.items() if head.startswith(magic)), None)

@@ -37,6 +37,31 @@ def test_gif_is_refused_as_unsupported() -> None:
         inspect_image(buffer, max_pixels=10_000)
 
 
+@pytest.mark.parametrize("fmt", ["GIF", "ICO", "PSD_HEADER"])
+def test_refused_formats_never_reach_their_parser(
+    fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from PIL import GifImagePlugin, IcoImagePlugin, PsdImagePlugin
+
+    plugins = {
+        "GIF": GifImagePlugin.GifImageFile,
+        "ICO": IcoImagePlugin.IcoImageFile,
+        "PSD_HEADER": PsdImagePlugin.PsdImageFile,
+    }
+
+    def parser_reached(self: object) -> None:
+        raise AssertionError(f"the {fmt} parser ran on an upload")
+
+    monkeypatch.setattr(plugins[fmt], "_open", parser_reached)
+    data = {
+        "GIF": b"GIF89a\xff\xff\xff\xff" + b"\0" * 32,  # declares 65535x65535
+        "ICO": b"\x00\x00\x01\x00\x01\x00" + b"\0" * 32,
+        "PSD_HEADER": b"8BPS\x00\x01" + b"\0" * 32,
+    }[fmt]
+    with pytest.raises(NotAnImage, match="images are not supported"):
+        inspect_image(io.BytesIO(data), max_pixels=10_000)
+
+
 def test_pixel_limit() -> None:
     assert inspect_image(io.BytesIO(png_bytes(100, 100)), max_pixels=10_000).width == 100
     with pytest.raises(ImageUnprocessable, match="101x100 = 10100 pixels; the limit is 10000"):
