@@ -33,20 +33,10 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+# run.py beside this script (its folder is on sys.path): the bench key and results folder.
+from run import KEY, RESULTS, use_bench_key
+
 from common.settings import REPO_ROOT, Settings
-
-RESULTS = REPO_ROOT / "benchmarks" / "results"
-# A member key of tenant "bench", made once and kept in var/bench-key (api.keys.saved_key).
-KEY: dict[str, str] = {}
-
-
-def use_bench_key() -> None:
-    from api.keys import saved_key
-
-    key = saved_key(
-        REPO_ROOT / "var" / "bench-key", "bench", "benchmarks", "member", Settings.from_env()
-    )
-    KEY["X-API-Key"] = key
 
 
 def request(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None) -> Any:
