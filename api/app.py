@@ -47,7 +47,10 @@ def create_app(
 ) -> connexion.FlaskApp:
     """Build the API. Tests pass their own ``settings`` (or whole ``services``), and where
     Redis is down on purpose, a table of ``keys``."""
-    settings = settings or Settings.from_env()
+    if settings is None:
+        # The server's own configuration (gunicorn): refuse guessable passwords.
+        settings = Settings.from_env()
+        settings.require_strong_secrets()
     services = services or build_services(settings)
 
     spec = yaml.safe_load(SPEC.read_text())

@@ -83,6 +83,9 @@ class _Lifecycle:
         """Main process, before the fork: note whether this worker serves inference."""
         if getattr(instance, "app", None) is not self.app:
             return
+        # A worker that would serve tasks with a guessable broker or Redis password stops
+        # here, before it connects (SettingsError ends the celery command with its text).
+        self.app.settings.require_strong_secrets()
         self.serving = True
         queues = (options or {}).get("queues") or []
         if isinstance(queues, str):

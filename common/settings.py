@@ -10,10 +10,12 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from dotenv import dotenv_values
+
+from common.secrets import WeakSecret, require_strong, with_password
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,6 +30,16 @@ class Settings:
 
     broker_url: str = "amqp://guest:guest@127.0.0.1:5672//"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Files holding the broker's and Redis' passwords (put into the URLs above when these
+    # carry none): `make start` and docker compose generate them on first start.
+    broker_password_file: str = ""
+    redis_password_file: str = ""
+    # "development" lets the service start with a known default password (guest, cvjobs,
+    # ...) or a Redis without one; anything else refuses to (common/secrets.py).
+    env: str = "production"
+    # Host names the API answers to (Host header; comma list, "*" for any): a DNS-rebinding
+    # page cannot reach an API on loopback by naming its own host.
+    allowed_hosts: str = "localhost,127.0.0.1,[::1]"
     storage_dir: Path = Path("var/storage")
     models_dir: Path = Path("models")
     # The models and pipelines files (common/catalogue.py).
@@ -47,10 +59,25 @@ class Settings:
     # Where `make start` binds the API.
     api_bind: str = "127.0.0.1:8000"
     max_upload_bytes: int = 25 * 1024 * 1024
+    # Uploads are refused (507) while the storage volume has less free space than this.
+    storage_min_free_bytes: int = 1024**3
+    # Slow clients: seconds to send the request head, longest pause while sending a body,
+    # and requests with a body in flight at once in one API process (503 beyond).
+    header_timeout_seconds: float = 10
+    body_idle_seconds: float = 15
+    max_concurrent_uploads: int = 64
+    # Media probe (videos) in a child process: CPU seconds, address space, wall clock.
+    probe_cpu_seconds: int = 10
+    probe_memory_bytes: int = 1024**3
+    probe_timeout_seconds: float = 20
     max_image_pixels: int = 40_000_000
     # A batch request (all files, or the zip, together) and its number of images.
     max_batch_bytes: int = 512 * 1024 * 1024
     max_batch_files: int = 1000
+    # A zip batch: total uncompressed bytes of its members, and the largest compression
+    # ratio of one member (uncompressed / compressed; a zip bomb is far above).
+    max_batch_uncompressed_bytes: int = 2 * 1024**3
+    max_member_ratio: int = 100
     # Members of one batch in flight at once (the rest wait, recorded, and each member that
     # ends releases the next): a big batch never floods the queues ahead of other work.
     # 0: all at once.
@@ -64,6 +91,10 @@ class Settings:
     video_chunk_bytes: int = 256 * 1024 * 1024
     video_window_chunks: int = 4
     job_ttl_seconds: int = 7 * 24 * 3600
+    # Heavy options: crop files one image job may write, and the largest result document
+    # (JSON bytes) a job may store in Redis; a job past either fails with kind "input".
+    max_crops: int = 100
+    max_result_bytes: int = 16 * 1024 * 1024
     step_time_limit_seconds: int = 300
     # Key prefix in Redis; lets several deployments (or the test suite) share one Redis.
     redis_prefix: str = "cv"
@@ -75,8 +106,11 @@ class Settings:
     # whichever worker claims the period first.
     upkeep_seconds: float = 60
     # Callbacks: loopback receivers allowed? Only these hosts/CIDRs (comma list; empty: any)?
+    # Private, link-local and loopback receivers are refused unless CV_CALLBACK_HOSTS names
+    # them; only CV_CALLBACK_PORTS are allowed.
     callback_allow_loopback: bool = False
     callback_hosts: str = ""
+    callback_ports: str = "80,443"
     # After a tenant's signing secret is rotated, callbacks carry signatures of both the new
     # and the old secret for this long, so receivers can switch without losing any.
     signing_secret_grace_seconds: int = 24 * 3600
@@ -114,7 +148,30 @@ class Settings:
             if spec.name == "environ" or raw is None or raw == "":
                 continue
             kwargs[spec.name] = _convert(spec.name, spec.type, raw)
-        return cls(**kwargs, environ=values)  # type: ignore[arg-type]
+        settings = cls(**kwargs, environ=values)  # type: ignore[arg-type]
+        return settings.with_password_files()
+
+    def with_password_files(self) -> Settings:
+        """These settings with the passwords of the password files put into the URLs."""
+        try:
+            return replace(
+                self,
+                broker_url=with_password(self.broker_url, self._file(self.broker_password_file)),
+                redis_url=with_password(self.redis_url, self._file(self.redis_password_file)),
+            )
+        except WeakSecret as exc:
+            raise SettingsError(str(exc)) from exc
+
+    def require_strong_secrets(self) -> None:
+        """Refuse known default passwords outside ``CV_ENV=development`` (the entry points
+        of the API and the workers call this)."""
+        try:
+            require_strong(self.env, self.broker_url, self.redis_url)
+        except WeakSecret as exc:
+            raise SettingsError(str(exc)) from exc
+
+    def _file(self, name: str) -> Path | None:
+        return self.resolve(Path(name)) if name else None
 
     def resolve(self, path: Path) -> Path:
         """An absolute path: relative ones are taken from the repository root."""
