@@ -6,11 +6,15 @@
     ├── NotFound (404)              no such job or artifact (expired jobs, and other
     │                               tenants' jobs, are not found)
     ├── Conflict (409)              result asked of an unfinished job; pipeline's model missing
-    ├── PayloadTooLarge (413)       upload over CV_MAX_UPLOAD_BYTES
+    ├── RequestTimeout (408)        a body paused longer than CV_BODY_IDLE_SECONDS
+    ├── PayloadTooLarge (413)       upload over CV_MAX_UPLOAD_BYTES (declared or received)
     ├── UnsupportedMediaType (415)  the upload is not an image the workers can decode
     ├── UnprocessableImage (422)    an image, but not one we process (pixel limit, empty)
     ├── TooManyRequests (429)       over a tenant limit; ``Retry-After``; nothing was kept
+    ├── InsufficientStorage (507)   the storage volume would keep less than
+    │                               CV_STORAGE_MIN_FREE_BYTES free; nothing was kept
     └── ServiceUnavailable (503)    RabbitMQ or Redis does not answer; nothing was kept
+        └── Busy (503)              CV_MAX_CONCURRENT_UPLOADS bodies in flight; Retry-After
 
 Validation errors found by Connexion against the spec are its own 400 problems; its
 security layer answers 401 (no key, unknown or revoked: ``api.app`` adds
@@ -70,6 +74,11 @@ class Conflict(ApiError):
     title = "Conflict"
 
 
+class RequestTimeout(ApiError):
+    status = 408
+    title = "Request Timeout"
+
+
 class PayloadTooLarge(ApiError):
     status = 413
     title = "Payload Too Large"
@@ -108,6 +117,18 @@ class TooManyRequests(ApiError):
         return {"Retry-After": str(self.retry_after)}
 
 
+class InsufficientStorage(ApiError):
+    status = 507
+    title = "Insufficient Storage"
+
+
 class ServiceUnavailable(ApiError):
     status = 503
     title = "Service Unavailable"
+
+
+class Busy(ServiceUnavailable):
+    """As many uploads as one API process takes at once are in flight; try again soon."""
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "1"}

@@ -170,7 +170,7 @@ def start_api_without_auth(port: int, logs: Path) -> subprocess.Popen[bytes]:
             str(Path(sys.executable).parent / "gunicorn"),
             "--no-control-socket",
             "-k",
-            "uvicorn_worker.UvicornWorker",
+            "api.server.ApiWorker",
             "-w",
             "2",
             "-b",

@@ -43,9 +43,10 @@ def weak_passwords(broker_url: str, redis_url: str) -> list[str]:
     """What is wrong with the two URLs' credentials (empty when nothing is)."""
     problems = []
     broker = urlsplit(broker_url)
-    if broker.scheme.startswith(("amqp", "pyamqp")):
-        if unquote(broker.password or "") in KNOWN_DEFAULTS:
-            problems.append("the broker URL has no password or a known default one")
+    if broker.scheme.startswith(("amqp", "pyamqp")) and (
+        unquote(broker.password or "") in KNOWN_DEFAULTS
+    ):
+        problems.append("the broker URL has no password or a known default one")
     store = urlsplit(redis_url)
     if store.scheme in ("redis", "rediss") and unquote(store.password or "") in KNOWN_DEFAULTS:
         problems.append("the Redis URL has no password or a known default one")

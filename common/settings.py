@@ -66,6 +66,8 @@ class Settings:
     header_timeout_seconds: float = 10
     body_idle_seconds: float = 15
     max_concurrent_uploads: int = 64
+    # Connections one API process holds at once (uvicorn answers 503 beyond).
+    max_connections: int = 1000
     # Media probe (videos) in a child process: CPU seconds, address space, wall clock.
     probe_cpu_seconds: int = 10
     probe_memory_bytes: int = 1024**3

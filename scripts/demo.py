@@ -215,7 +215,7 @@ def main() -> int:
     print(f"""
 Where to look:
   Swagger UI (try the API):      {args.api}/  (Authorize: the key in {KEY_FILE})
-  RabbitMQ management console:   http://127.0.0.1:15672/  (guest / guest)
+  RabbitMQ management console:   http://127.0.0.1:15672/  (cvjobs, var/secrets/broker.password)
   Results and artifacts:         {out}
   Logs:                          var/log/
 Stop everything with:            make stop""")

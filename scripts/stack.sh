@@ -37,7 +37,7 @@ start() {
     if alive "$RUN/api.pid"; then
         echo "stack: API already running"
     else
-        "$BIN/gunicorn" --no-control-socket -k uvicorn_worker.UvicornWorker -w 2 -b "$BIND" \
+        "$BIN/gunicorn" --no-control-socket -k api.server.ApiWorker -w 2 -b "$BIND" \
             --chdir "$ROOT" --pid "$RUN/api.pid" --daemon \
             --access-logfile "$LOG/api-access.log" --error-logfile "$LOG/api.log" \
             "api.app:create_app()"

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from celery_worker.models import configure_ultralytics
 from celery_worker.samples import ultralytics_assets
@@ -24,7 +23,7 @@ from tests.support.jobs import wait_until
 from tests.support.keys import StackKeys, headers, make_stack_keys
 
 UNREACHABLE = {
-    "CV_BROKER_URL": "amqp://guest:guest@127.0.0.1:1//",
+    "CV_BROKER_URL": "amqp://cvjobs@127.0.0.1:1//",
     "CV_REDIS_URL": "redis://127.0.0.1:1/0",
     "CV_PUBLISH_TIMEOUT_SECONDS": "0.5",
 }
@@ -89,7 +88,7 @@ def stack_env(
     stack.fresh_vhost()
     env = stack.stack_environment(stack_dir, yolo_weights, yolo_seg_weights)
     yield env
-    client = redis.Redis.from_url(env["CV_REDIS_URL"])
+    client = stack.redis_client(1)
     keys = list(client.scan_iter(match=env["CV_REDIS_PREFIX"] + ":*"))
     if keys:
         client.delete(*keys)
@@ -155,7 +154,7 @@ def stack_app(stack_settings: Settings, workers: Any) -> Any:
 def api_client(stack_app: Any, keys: StackKeys) -> Any:
     """The API in-process (Starlette test client) against the real RabbitMQ, Redis and
     workers, as a member of tenant acme."""
-    client = stack_app.test_client()
+    client = stack_app.test_client(base_url="http://localhost")
     client.headers.update(headers(keys.acme))
     return client
 
@@ -165,7 +164,7 @@ def client_as(stack_app: Any, keys: StackKeys) -> Any:
     """``client_as("globex")``: a client of the same app with another of ``keys``."""
 
     def make(label: str | None) -> Any:
-        client = stack_app.test_client()
+        client = stack_app.test_client(base_url="http://localhost")
         if label is not None:
             client.headers.update(headers(getattr(keys, label)))
         return client

@@ -146,7 +146,7 @@ def test_broker_and_redis_down_give_503_and_keep_nothing(
     logs.mkdir(exist_ok=True)
 
     # RabbitMQ down, Redis up: the record is written, the publish fails, both are undone.
-    broker_down = {**env, "CV_BROKER_URL": "amqp://guest:guest@127.0.0.1:1//"}
+    broker_down = {**env, "CV_BROKER_URL": stack.broker_url("/", port=1, password=False)}
     with stack.gunicorn(broker_down, logs, ready_status=503) as base:
         assert SESSION.get(f"{base}/health/ready", timeout=10).json()["checks"]["redis"]["ok"]
         before = SESSION.get(f"{base}/v1/jobs", timeout=10).json()["total"]
@@ -154,7 +154,7 @@ def test_broker_and_redis_down_give_503_and_keep_nothing(
         assert SESSION.get(f"{base}/v1/jobs", timeout=10).json()["total"] == before
     assert not [p for p in storage.rglob("*") if p.is_file()]
 
-    redis_down = {**env, "CV_REDIS_URL": "redis://127.0.0.1:1/0"}
+    redis_down = {**env, "CV_REDIS_URL": stack.redis_url(0, port=1, password=False)}
     with stack.gunicorn(redis_down, logs, ready_status=503) as base:
         assert "Redis" in problem(post(base, photo, {"pipeline": "blur-faces"}), 503)["detail"]
         problem(SESSION.get(f"{base}/v1/jobs", timeout=10), 503)

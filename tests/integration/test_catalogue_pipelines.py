@@ -112,7 +112,7 @@ def test_a_pipeline_added_to_the_pipelines_file_runs_without_code(
     (tmp_path / "pipelines.yaml").write_text(added)
     client = create_app(
         replace(stack_settings, pipelines_file=tmp_path / "pipelines.yaml"),
-    ).test_client()
+    ).test_client(base_url="http://localhost")
     client.headers.update(headers(keys.acme))
     listed = {p["name"]: p for p in client.get("/v1/pipelines").json()["pipelines"]}
     assert listed["faces-pixelated"]["available"] is True

@@ -8,13 +8,13 @@ import pytest
 import requests
 
 from tests.support.jobs import wait_until
-from tests.support.stack import AUTH, MANAGEMENT, VHOST
+from tests.support.stack import MANAGEMENT, VHOST, broker_auth
 
 pytestmark = [pytest.mark.broker, pytest.mark.workers]
 
 
 def queues() -> dict[str, dict[str, Any]]:
-    answer = requests.get(f"{MANAGEMENT}/queues/{VHOST}", auth=AUTH, timeout=10)
+    answer = requests.get(f"{MANAGEMENT}/queues/{VHOST}", auth=broker_auth(), timeout=10)
     answer.raise_for_status()
     return {q["name"]: q for q in answer.json()}
 
@@ -38,12 +38,12 @@ def test_each_step_queue_is_durable_and_consumed(workers: Any) -> None:
 
 
 def test_inference_consumer_takes_one_message_at_a_time(workers: Any) -> None:
-    answer = requests.get(f"{MANAGEMENT}/consumers/{VHOST}", auth=AUTH, timeout=10)
+    answer = requests.get(f"{MANAGEMENT}/consumers/{VHOST}", auth=broker_auth(), timeout=10)
     answer.raise_for_status()
     channel = next(
         c["channel_details"]["name"] for c in answer.json() if c["queue"]["name"] == "inference"
     )
-    channels = requests.get(f"{MANAGEMENT}/channels", auth=AUTH, timeout=10).json()
+    channels = requests.get(f"{MANAGEMENT}/channels", auth=broker_auth(), timeout=10).json()
     qos = next(c for c in channels if c["name"] == channel)
     # Celery sets the limit on the whole channel (global QoS), not per consumer.
     assert (qos["global_prefetch_count"], qos["prefetch_count"]) == (1, 0)

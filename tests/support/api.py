@@ -40,6 +40,6 @@ def offline_app(settings: Any) -> Any:
     of a key table in memory (auth still runs: only the table is not Redis)."""
     from api.app import create_app
 
-    client = create_app(settings, keys=offline_keys()).test_client()
+    client = create_app(settings, keys=offline_keys()).test_client(base_url="http://localhost")
     client.headers.update(headers(OFFLINE_KEY))
     return client

@@ -17,29 +17,70 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import quote, unquote, urlsplit
 
 import redis
 import requests
 
-from common.settings import REPO_ROOT
+from common.settings import REPO_ROOT, Settings, SettingsError
 
 VHOST = "cvjobs-test"
 MANAGEMENT = "http://127.0.0.1:15672/api"
-AUTH = ("guest", "guest")
 VENV_BIN = Path(sys.executable).parent
 UPKEEP_SECONDS = 2
+
+
+def _local() -> Settings:
+    """The servers `make test` started: the URLs in .env, passwords from var/secrets."""
+    return Settings.from_env({})
+
+
+def broker_auth() -> tuple[str, str]:
+    """The service user of the local RabbitMQ (also an administrator of its console)."""
+    parts = urlsplit(_local().broker_url)
+    return unquote(parts.username or ""), unquote(parts.password or "")
+
+
+def broker_url(vhost: str = VHOST, port: int = 5672, password: bool = True) -> str:
+    """The local RabbitMQ's URL on ``vhost``; without the password, the process given it
+    reads the password file named in .env."""
+    user, secret = broker_auth()
+    credentials = f"{user}:{quote(secret, safe='')}" if password else user
+    return f"amqp://{credentials}@127.0.0.1:{port}/{quote(vhost, safe='')}"
+
+
+def redis_url(db: int = 1, port: int = 6379, password: bool = True) -> str:
+    """The local Redis' URL on database ``db`` (see :func:`broker_url`)."""
+    parts = urlsplit(_local().redis_url)
+    user = unquote(parts.username or "")
+    secret = quote(unquote(parts.password or ""), safe="")
+    credentials = f"{user}:{secret}" if password else user
+    return f"redis://{credentials}@127.0.0.1:{port}/{db}"
+
+
+def password_files() -> dict[str, str]:
+    """The password-file variables of the local servers, as absolute paths."""
+    local = _local()
+    return {
+        "CV_BROKER_PASSWORD_FILE": str(local.resolve(Path(local.broker_password_file))),
+        "CV_REDIS_PASSWORD_FILE": str(local.resolve(Path(local.redis_password_file))),
+    }
+
+
+def redis_client(db: int = 1) -> redis.Redis:
+    return redis.Redis.from_url(redis_url(db), decode_responses=True)
 
 
 def require_servers() -> None:
     """Fail (not skip) when RabbitMQ or Redis is down: these tests must run in CI."""
     problems = []
     try:
-        redis.Redis(host="127.0.0.1", port=6379, socket_connect_timeout=2).ping()
-    except redis.RedisError as exc:
+        redis.Redis.from_url(redis_url(0), socket_connect_timeout=2).ping()
+    except (redis.RedisError, SettingsError) as exc:
         problems.append(f"Redis on 127.0.0.1:6379: {exc}")
     try:
-        requests.get(f"{MANAGEMENT}/overview", auth=AUTH, timeout=3).raise_for_status()
-    except requests.RequestException as exc:
+        requests.get(f"{MANAGEMENT}/overview", auth=broker_auth(), timeout=3).raise_for_status()
+    except (requests.RequestException, SettingsError) as exc:
         problems.append(f"RabbitMQ management on 127.0.0.1:15672: {exc}")
     if problems:
         raise RuntimeError(
@@ -50,12 +91,13 @@ def require_servers() -> None:
 
 def fresh_vhost(name: str = VHOST) -> str:
     """An empty vhost (deleted and re-created, so no message of an earlier run remains)."""
-    requests.delete(f"{MANAGEMENT}/vhosts/{name}", auth=AUTH, timeout=10)
-    requests.put(f"{MANAGEMENT}/vhosts/{name}", auth=AUTH, timeout=10).raise_for_status()
+    auth = broker_auth()
+    requests.delete(f"{MANAGEMENT}/vhosts/{name}", auth=auth, timeout=10)
+    requests.put(f"{MANAGEMENT}/vhosts/{name}", auth=auth, timeout=10).raise_for_status()
     requests.put(
-        f"{MANAGEMENT}/permissions/{name}/guest",
+        f"{MANAGEMENT}/permissions/{name}/{auth[0]}",
         json={"configure": ".*", "write": ".*", "read": ".*"},
-        auth=AUTH,
+        auth=auth,
         timeout=10,
     ).raise_for_status()
     return name
@@ -63,8 +105,10 @@ def fresh_vhost(name: str = VHOST) -> str:
 
 def stack_environment(tmp: Path, weights: Path, segment_weights: Path) -> dict[str, str]:
     env = {
-        "CV_BROKER_URL": f"amqp://guest:guest@127.0.0.1:5672/{VHOST}",
-        "CV_REDIS_URL": "redis://127.0.0.1:6379/1",
+        # Without passwords: the processes read the password files, as deployed.
+        "CV_BROKER_URL": broker_url(VHOST, password=False),
+        "CV_REDIS_URL": redis_url(1, password=False),
+        **password_files(),
         "CV_REDIS_PREFIX": f"cvtest-{uuid.uuid4().hex[:8]}",
         "CV_STORAGE_DIR": str(tmp / "storage"),
         "CV_DETECT_WEIGHTS": str(weights),
@@ -162,7 +206,7 @@ def gunicorn(env: dict[str, str], logs: Path, ready_status: int = 200) -> Iterat
             str(VENV_BIN / "gunicorn"),
             "--no-control-socket",
             "-k",
-            "uvicorn_worker.UvicornWorker",
+            "api.server.ApiWorker",
             "-w",
             "1",
             "-b",

@@ -11,6 +11,7 @@ from api.app import create_app
 from celery_worker.upkeep import fail_stuck_jobs
 from common.jobstore import JobStore
 from common.settings import Settings
+from tests.support import stack
 from tests.support.keys import headers
 from tests.support.store import new_job
 
@@ -26,11 +27,11 @@ def test_reading_a_stuck_job_does_not_fail_it(store: JobStore, tmp_path: object)
     settings = replace(
         Settings(),
         broker_url="memory://",
-        redis_url="redis://127.0.0.1:6379/1",
+        redis_url=stack.redis_url(1),
         redis_prefix=store.keys.prefix,
         storage_dir=tmp_path,  # type: ignore[arg-type]
     )
-    client = create_app(settings).test_client()
+    client = create_app(settings).test_client(base_url="http://localhost")
     _, secret = store.apikeys.create("default", "reads", "reader")
     client.headers.update(headers(secret))
     for path in (f"/v1/jobs/{job_id}", "/v1/jobs", "/v1/jobs?state=running"):

@@ -30,7 +30,7 @@ VHOST = "cvjobs-migrate-test"
 def test_queues_made_without_priorities_are_migrated_with_their_messages() -> None:
     stack.require_servers()
     stack.fresh_vhost(VHOST)
-    url = f"amqp://guest:guest@127.0.0.1:5672/{VHOST}"
+    url = stack.broker_url(VHOST)
     with Connection(url) as connection:
         old = Queue(
             "preprocess", Exchange("preprocess", "direct", durable=True), "preprocess", durable=True
@@ -52,7 +52,7 @@ def test_queues_made_without_priorities_are_migrated_with_their_messages() -> No
     moved = migrate_queues(settings)
     assert moved == {"preprocess": 3}  # the others did not exist: declared new
     api = f"{stack.MANAGEMENT}/queues/{VHOST}"
-    queues = {q["name"]: q for q in requests.get(api, auth=stack.AUTH, timeout=10).json()}
+    queues = {q["name"]: q for q in requests.get(api, auth=stack.broker_auth(), timeout=10).json()}
     assert set(queues) == set(QUEUES)  # the temporary queue is gone
     assert all(q["arguments"]["x-max-priority"] == MAX_PRIORITY for q in queues.values())
     assert migrate_queues(settings) == {}  # idempotent
@@ -77,9 +77,9 @@ def test_queues_made_without_priorities_are_migrated_with_their_messages() -> No
             )
         channel.close()
     assert migrate_queues(settings) == {"inference": 2}
-    queues = {q["name"]: q for q in requests.get(api, auth=stack.AUTH, timeout=10).json()}
+    queues = {q["name"]: q for q in requests.get(api, auth=stack.broker_auth(), timeout=10).json()}
     assert "inference.migrating" not in queues
-    requests.delete(f"{stack.MANAGEMENT}/vhosts/{VHOST}", auth=stack.AUTH, timeout=10)
+    requests.delete(f"{stack.MANAGEMENT}/vhosts/{VHOST}", auth=stack.broker_auth(), timeout=10)
 
 
 def test_jobs_made_before_tenants_join_the_default_tenant(store: JobStore, tmp_path: Path) -> None:
@@ -131,11 +131,11 @@ def test_jobs_made_before_tenants_join_the_default_tenant(store: JobStore, tmp_p
     settings = replace(
         Settings(),
         broker_url="memory://",
-        redis_url="redis://127.0.0.1:6379/1",
+        redis_url=stack.redis_url(1),
         redis_prefix=store.keys.prefix,
         storage_dir=tmp_path,
     )
-    client = create_app(settings).test_client()
+    client = create_app(settings).test_client(base_url="http://localhost")
     _, secret = store.apikeys.create("default", "migrated", "reader")
     client.headers.update(headers(secret))
     assert client.get(f"/v1/jobs/{job_id}").json()["tenant"] == "default"

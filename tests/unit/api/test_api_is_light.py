@@ -12,7 +12,7 @@ import sys
 from api.app import create_app
 from common.settings import Settings
 app = create_app(Settings(broker_url="memory://", redis_url="redis://127.0.0.1:1/0"))
-client = app.test_client()
+client = app.test_client(base_url="http://localhost")
 assert client.get("/health/live").status_code == 200
 heavy = sorted(m for m in ("torch", "ultralytics", "cv2", "facenet_pytorch", "numpy")
                if m in sys.modules)
