@@ -9,7 +9,6 @@ from pathlib import Path
 
 import connexion
 import redis
-import yaml
 from connexion.exceptions import Unauthorized
 from connexion.lifecycle import ConnexionRequest, ConnexionResponse
 from connexion.middleware import MiddlewarePosition
@@ -27,9 +26,11 @@ from api.auth import (
     without_security,
 )
 from api.errors import PROBLEM_JSON, ApiError, BadRequest, ServiceUnavailable
+from api.hosts import HostAllowlist
 from api.limits import BodySizeLimit
 from api.quotas import Quotas
 from api.services import EXTENSION_KEY, Services
+from api.spec import load_spec
 from common.catalogue import load_catalogue
 from common.celery_app import make_celery
 from common.jobstore import JobStore
@@ -53,7 +54,7 @@ def create_app(
         settings.require_strong_secrets()
     services = services or build_services(settings)
 
-    spec = yaml.safe_load(SPEC.read_text())
+    spec = load_spec(settings, services.catalogue)
     if not settings.auth:
         log.warning(
             "CV_AUTH=false: API keys are not checked; every request acts as an admin of the "
@@ -84,11 +85,19 @@ def create_app(
     app.add_error_handler(OperationalError, _broker_down)
     app.add_error_handler(ClientDisconnect, _client_gone)
     app.add_middleware(
+        HostAllowlist,
+        position=MiddlewarePosition.BEFORE_EXCEPTION,
+        allowed_hosts=settings.allowed_hosts,
+    )
+    app.add_middleware(
         BodySizeLimit,
         position=MiddlewarePosition.BEFORE_EXCEPTION,
         max_upload_bytes=settings.max_upload_bytes,
         max_batch_bytes=settings.max_batch_bytes,
         max_video_bytes=settings.max_video_bytes,
+        body_idle_seconds=settings.body_idle_seconds,
+        max_concurrent=settings.max_concurrent_uploads,
+        body_min_rate=settings.body_min_rate,
     )
     app.add_middleware(
         AuthContext, position=MiddlewarePosition.BEFORE_SECURITY, authenticator=authenticator

@@ -6,8 +6,10 @@ buffered nor written anywhere:
 - a declared Content-Length over the limit is refused (413) before a byte is read, and
   the bytes actually received are counted too (a chunked body, or one longer than it
   said), refused the moment they pass the limit;
-- a body that pauses longer than ``CV_BODY_IDLE_SECONDS`` between two pieces is answered
-  408 and dropped (a client trickling a byte now and then would hold its spool for ever);
+- a body that pauses longer than ``CV_BODY_IDLE_SECONDS`` between two pieces, or that
+  arrives slower than ``CV_BODY_MIN_RATE`` bytes a second on average once it has run that
+  long, is answered 408 and dropped (a client trickling a byte a second would hold its
+  connection and spool for ever);
 - at most ``CV_MAX_CONCURRENT_UPLOADS`` requests with a body are read at once in one API
   process; one more is answered 503 with ``Retry-After`` at once, so a crowd of slow
   uploads cannot make the others wait for disk and memory. Requests without a body
@@ -38,7 +40,8 @@ class BodySizeLimit:
         max_batch_bytes: int,
         max_video_bytes: int,
         body_idle_seconds: float = 15.0,
-        max_concurrent: int = 64,
+        max_concurrent: int = 256,
+        body_min_rate: int = 0,
     ) -> None:
         self.app = app
         self.max_upload = max_upload_bytes
@@ -46,6 +49,7 @@ class BodySizeLimit:
         self.max_video = max_video_bytes
         self.idle_seconds = body_idle_seconds
         self.max_concurrent = max_concurrent
+        self.min_rate = body_min_rate
         self.in_flight = 0  # one event loop per process: no lock needed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -108,6 +112,7 @@ class _GuardedBody:
         self._receive = receive
         self.what, self.limit, self.setting = what, limit, setting
         self.received = 0
+        self.started = asyncio.get_running_loop().time()
         self.body_done = False
         self.response_started = False
         self.answered = False
@@ -138,7 +143,23 @@ class _GuardedBody:
                     _too_large(self.received, self.what, self.limit, self.setting, received=True)
                 )
                 return {"type": "http.disconnect"}
+            if not self.body_done and self._too_slow():
+                await self._refuse(
+                    RequestTimeout(
+                        f"the request body arrives slower than {self.limits.min_rate} bytes a "
+                        "second (CV_BODY_MIN_RATE)"
+                    )
+                )
+                return {"type": "http.disconnect"}
         return message
+
+    def _too_slow(self) -> bool:
+        if not self.limits.min_rate:
+            return False
+        elapsed = asyncio.get_running_loop().time() - self.started
+        return elapsed > self.limits.idle_seconds and (
+            self.received / elapsed < self.limits.min_rate
+        )
 
     async def send(self, message: Message) -> None:
         if self.answered:

@@ -62,10 +62,13 @@ class Settings:
     # Uploads are refused (507) while the storage volume has less free space than this.
     storage_min_free_bytes: int = 1024**3
     # Slow clients: seconds to send the request head, longest pause while sending a body,
-    # and requests with a body in flight at once in one API process (503 beyond).
+    # the slowest average pace of a body (bytes a second, judged once it has run for
+    # body_idle_seconds; 0: any), and requests with a body in flight at once in one API
+    # process (503 beyond).
     header_timeout_seconds: float = 10
     body_idle_seconds: float = 15
-    max_concurrent_uploads: int = 64
+    body_min_rate: int = 4096
+    max_concurrent_uploads: int = 256
     # Connections one API process holds at once (uvicorn answers 503 beyond).
     max_connections: int = 1000
     # Media probe (videos) in a child process: CPU seconds, address space, wall clock.

@@ -218,3 +218,19 @@ def test_whole_requests_are_answered_and_the_next_head_is_timed_too(server: int)
         assert b"hello" in sock.recv(4096)
         sock.sendall(b"GET / HTTP/1.1\r\n")  # the next request's head, never finished
         assert closed_after(sock, 5) < 3
+
+
+def test_a_body_trickled_below_the_minimum_rate_is_answered_408() -> None:
+    app = Recorder()
+    chunks = [b"x"] * 40  # a byte every 20 ms: 50 B/s, never a pause of 0.2 s
+    sent = asyncio.run(
+        call(
+            limits(app, body_idle_seconds=0.2, body_min_rate=1000),
+            request({"content-length": "40"}),
+            feeder(chunks, pause=0.02),
+        )
+    )
+    status, problem = status_of(sent)
+    assert status == 408
+    assert "CV_BODY_MIN_RATE" in problem["detail"]
+    assert app.seen.count("http.request") < 40  # cut before the end
