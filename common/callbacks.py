@@ -1,69 +1,389 @@
-"""Which callback URLs the service will POST to.
+"""Where job callbacks may connect, and the one HTTP client that connects there.
 
-Callbacks go out from the workers, inside the network the service protects, so
-an address is checked when the job is submitted (400) and again, after a fresh
-DNS look-up, right before each POST:
+Callbacks go out from the workers, inside the network the service protects, so a
+callback URL is checked when the job is submitted (a 400) and again by the socket
+that delivers it. The policy (``CallbackPolicy``):
 
-- http or https only, with a host;
-- never link-local (cloud metadata at 169.254.169.254), multicast, unspecified
-  or reserved addresses;
-- loopback only when ``CV_CALLBACK_ALLOW_LOOPBACK`` is set (it reaches the
-  worker host's own services);
-- when ``CV_CALLBACK_HOSTS`` is set (host names and CIDR ranges, comma-separated),
-  only those.
+- http or https only, with a host, on one of ``CV_CALLBACK_PORTS`` (80 and 443
+  unless set; ``*`` for any);
+- never unspecified (0.0.0.0, which reaches the host itself), link-local (cloud
+  metadata at 169.254.169.254), multicast, broadcast or reserved addresses;
+- loopback when ``CV_CALLBACK_ALLOW_LOOPBACK`` is set or ``CV_CALLBACK_HOSTS``
+  names it (it reaches the worker host's own services);
+- private ranges (RFC 1918, CGNAT 100.64/10, IPv6 ULA fc00::/7 and every other
+  range that is not globally reachable) only when ``CV_CALLBACK_HOSTS`` (host names
+  and CIDR ranges, comma-separated) names them;
+- when ``CV_CALLBACK_HOSTS`` is set, only what it names;
+- IPv6 forms that carry an IPv4 address (``::ffff:10.0.0.1``, NAT64, 6to4) are
+  judged by that IPv4 address too.
 
-Private ranges are allowed by default: on-prem receivers live there.
+Every address a host resolves to is checked, and the delivery then connects to
+one of those very addresses: ``GuardedBackend`` resolves once, inside the
+connection, so a DNS answer that changes between the check and the connect
+(rebinding) cannot point the POST elsewhere. The Host header and TLS (SNI and the
+certificate check) keep the URL's host name.
+
+Why a transport of our own: httpx 0.28's ``HTTPTransport`` takes no network
+backend. Replacing its private ``_pool`` would work but breaks silently when httpx
+renames it; ``GuardedTransport`` is the documented custom-transport hook
+(``httpx.BaseTransport``) around httpcore's public ``ConnectionPool(network_backend=...)``,
+at the cost of converting requests, responses and errors itself (as httpx does).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
+import ssl
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
+
+import httpcore
+import httpx
+
+if TYPE_CHECKING:
+    from common.settings import Settings
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+# ``resolver(host, port)``: the addresses ``host`` resolves to, as text.
+Resolver = Callable[[str, int], Sequence[str]]
+
+# A callback is a POST and a status line: timeouts per phase, a few addresses tried,
+# and at most this much of the answer read, so the whole attempt stays well within
+# the notify task's 30 s (the task's soft time limit covers a receiver that trickles).
+TIMEOUT = httpx.Timeout(connect=3.0, read=10.0, write=5.0, pool=3.0)
+MAX_ADDRESSES_TRIED = 3
+MAX_RESPONSE_BYTES = 64 * 1024
+DEFAULT_PORTS = "80,443"
+
+_NEVER = tuple(ipaddress.ip_network(n) for n in ("0.0.0.0/8", "255.255.255.255/32"))
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
 
 class CallbackRefused(ValueError):
-    """The URL is not one the service posts to; ``str()`` says why."""
+    """The URL is not one the service posts to; ``str()`` says why (never an address)."""
 
 
-def check_callback_url(url: str, allowed_hosts: str = "", allow_loopback: bool = False) -> None:
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise CallbackRefused(f"callback_url is malformed: {exc}") from exc
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise CallbackRefused("callback_url must be an http(s) URL with a host")
-    host = parts.hostname
-    try:
-        infos = socket.getaddrinfo(host, port or 80, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        raise CallbackRefused(f"callback_url host {host!r} does not resolve") from exc
-    addresses = {ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos}
-    allowed = [entry.strip() for entry in allowed_hosts.split(",") if entry.strip()]
-    for address in addresses:
-        if address.is_link_local or address.is_multicast or address.is_unspecified:
+def resolve(host: str, port: int) -> list[str]:
+    """The system resolver: every address of ``host``, in the order it gives them."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]).split("%")[0] for info in infos))
+
+
+@dataclass(frozen=True)
+class CallbackPolicy:
+    """The addresses and ports callbacks may reach; build it with ``parse``."""
+
+    hosts: frozenset[str] = frozenset()  # host names, lower case
+    networks: tuple[IPNetwork, ...] = ()
+    allow_loopback: bool = False
+    ports: frozenset[int] | None = frozenset({80, 443})  # None: any port
+
+    @classmethod
+    def parse(
+        cls, allowed_hosts: str = "", allow_loopback: bool = False, ports: str = DEFAULT_PORTS
+    ) -> CallbackPolicy:
+        """From the settings' text; a port that is not one raises ``ValueError``."""
+        names, networks = set(), []
+        for entry in (e.strip() for e in allowed_hosts.split(",")):
+            if not entry:
+                continue
+            try:
+                networks.append(ipaddress.ip_network(entry.strip("[]"), strict=False))
+            except ValueError:
+                names.add(entry.lower().rstrip("."))
+        port_set = None if ports.strip() == "*" else frozenset(_ports(ports))
+        return cls(frozenset(names), tuple(networks), allow_loopback, port_set)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CallbackPolicy:
+        return cls.parse(
+            settings.callback_hosts, settings.callback_allow_loopback, settings.callback_ports
+        )
+
+    def check_url(self, url: str) -> tuple[str, int]:
+        """The URL's host and port, if its form, scheme and port are allowed (no look-up)."""
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError as exc:
+            raise CallbackRefused("callback_url is malformed") from exc
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise CallbackRefused("callback_url must be an http(s) URL with a host")
+        port = port or (443 if parts.scheme == "https" else 80)
+        self.check_port(port)
+        return parts.hostname, port
+
+    def check_port(self, port: int) -> None:
+        if self.ports is not None and port not in self.ports:
+            raise CallbackRefused(f"callback_url port {port} is not allowed (CV_CALLBACK_PORTS)")
+
+    def vet(self, host: str, port: int, resolver: Resolver = resolve) -> list[IPAddress]:
+        """Every address of ``host``, resolved once, if all of them are allowed."""
+        self.check_port(port)
+        literal = _ip(host)
+        if literal is not None:
+            addresses = [literal]
+        else:
+            try:
+                addresses = [ipaddress.ip_address(a) for a in resolver(host, port)]
+            except (OSError, UnicodeError, ValueError) as exc:
+                raise CallbackRefused(f"callback_url host {host!r} does not resolve") from exc
+            if not addresses:
+                raise CallbackRefused(f"callback_url host {host!r} does not resolve")
+        for address in addresses:
+            for face in _faces(address):
+                self._check_address(host, face)
+        return addresses
+
+    def _check_address(self, host: str, address: IPAddress) -> None:
+        listed = host.lower().rstrip(".") in self.hosts or any(
+            address in network for network in self.networks
+        )
+        if address.is_loopback and not address.is_unspecified:  # ::1 is in reserved ::/8
+            if not (self.allow_loopback or listed):
+                raise CallbackRefused(
+                    f"callback_url host {host!r} is loopback (set CV_CALLBACK_ALLOW_LOOPBACK=1 "
+                    "to allow it)"
+                )
+        elif (
+            address.is_unspecified
+            or address.is_link_local
+            or address.is_multicast
+            or address.is_reserved
+            or any(address in network for network in _NEVER)
+        ):
             raise CallbackRefused(f"callback_url host {host!r} is a link-local or special address")
-        if address.is_loopback and not allow_loopback:
-            raise CallbackRefused(
-                f"callback_url host {host!r} is loopback (set CV_CALLBACK_ALLOW_LOOPBACK=1 "
-                "to allow it)"
-            )
-        if address.is_reserved:
-            raise CallbackRefused(f"callback_url host {host!r} is a reserved address")
-        if allowed and not _listed(host, address, allowed):
+        elif not address.is_global:
+            if not listed:
+                raise CallbackRefused(
+                    f"callback_url host {host!r} is a private address (not in CV_CALLBACK_HOSTS)"
+                )
+        elif (self.hosts or self.networks) and not listed:
             raise CallbackRefused(f"callback_url host {host!r} is not in CV_CALLBACK_HOSTS")
 
 
-def _listed(
-    host: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address, allowed: list[str]
-) -> bool:
-    for entry in allowed:
-        if entry.lower() == host.lower():
-            return True
-        try:
-            if address in ipaddress.ip_network(entry, strict=False):
-                return True
-        except ValueError:
-            continue
-    return False
+def check_callback_url(
+    url: str,
+    allowed_hosts: str = "",
+    allow_loopback: bool = False,
+    allowed_ports: str = DEFAULT_PORTS,
+    resolver: Resolver = resolve,
+) -> None:
+    """Refuse (``CallbackRefused``) a URL the policy does not allow; used at submission."""
+    policy = CallbackPolicy.parse(allowed_hosts, allow_loopback, allowed_ports)
+    host, port = policy.check_url(url)
+    policy.vet(host, port, resolver)
+
+
+class GuardedBackend(httpcore.NetworkBackend):
+    """Connects only to addresses ``policy`` allows, found by one call of ``resolver``.
+
+    ``backend`` makes the connections (``httpcore.SyncBackend`` unless given): it is
+    handed the vetted IP address, never the host name, so nothing resolves again.
+    """
+
+    def __init__(
+        self,
+        policy: CallbackPolicy,
+        resolver: Resolver = resolve,
+        backend: httpcore.NetworkBackend | None = None,
+    ) -> None:
+        self._policy = policy
+        self._resolver = resolver
+        self._backend = backend or httpcore.SyncBackend()
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.NetworkStream:
+        addresses = self._policy.vet(host, port, self._resolver)
+        failure: httpcore.ConnectError | httpcore.ConnectTimeout | None = None
+        for address in addresses[:MAX_ADDRESSES_TRIED]:
+            try:
+                return self._backend.connect_tcp(
+                    str(address), port, timeout, local_address, socket_options
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                failure = exc
+        assert failure is not None  # vet returns at least one address
+        raise failure
+
+    def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.NetworkStream:
+        raise httpcore.ConnectError("callbacks never use Unix sockets")
+
+    def sleep(self, seconds: float) -> None:
+        self._backend.sleep(seconds)
+
+
+# httpcore's errors as the httpx ones of the same name, most specific first.
+_ERRORS: tuple[tuple[type[Exception], type[httpx.TransportError]], ...] = (
+    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
+    (httpcore.ReadTimeout, httpx.ReadTimeout),
+    (httpcore.WriteTimeout, httpx.WriteTimeout),
+    (httpcore.PoolTimeout, httpx.PoolTimeout),
+    (httpcore.ConnectError, httpx.ConnectError),
+    (httpcore.ReadError, httpx.ReadError),
+    (httpcore.WriteError, httpx.WriteError),
+    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
+    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
+    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
+    (httpcore.TimeoutException, httpx.TimeoutException),
+    (httpcore.NetworkError, httpx.NetworkError),
+    (httpcore.ProtocolError, httpx.ProtocolError),
+)
+
+
+@contextmanager
+def _as_httpx_errors() -> Iterator[None]:
+    try:
+        yield
+    except tuple(core for core, _ in _ERRORS) as exc:
+        mapped = next(ours for core, ours in _ERRORS if isinstance(exc, core))
+        raise mapped(str(exc)) from exc
+
+
+class _Body(httpx.SyncByteStream):
+    def __init__(self, stream: Iterable[bytes]) -> None:
+        self._stream = stream
+
+    def __iter__(self) -> Iterator[bytes]:
+        with _as_httpx_errors():
+            yield from self._stream
+
+    def close(self) -> None:
+        close = getattr(self._stream, "close", None)
+        if close is not None:
+            close()
+
+
+class GuardedTransport(httpx.BaseTransport):
+    """An httpx transport whose every connection goes through a ``GuardedBackend``.
+
+    No proxy, ever; TLS verifies the URL's host name against the system's trust
+    store (on-prem receivers are often signed by an in-house CA the hosts trust).
+    """
+
+    def __init__(
+        self,
+        policy: CallbackPolicy,
+        resolver: Resolver = resolve,
+        backend: httpcore.NetworkBackend | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=ssl_context or ssl.create_default_context(),
+            max_connections=1,
+            network_backend=GuardedBackend(policy, resolver, backend),
+        )
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        assert isinstance(request.stream, httpx.SyncByteStream)
+        core = httpcore.Request(
+            method=request.method,
+            url=httpcore.URL(
+                scheme=request.url.raw_scheme,
+                host=request.url.raw_host,
+                port=request.url.port,
+                target=request.url.raw_path,
+            ),
+            headers=request.headers.raw,
+            content=request.stream,
+            extensions=request.extensions,
+        )
+        with _as_httpx_errors():
+            answer = self._pool.handle_request(core)
+        assert isinstance(answer.stream, Iterable)
+        return httpx.Response(
+            status_code=answer.status,
+            headers=answer.headers,
+            stream=_Body(answer.stream),
+            extensions=answer.extensions,
+        )
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+def callback_client(
+    policy: CallbackPolicy,
+    resolver: Resolver = resolve,
+    backend: httpcore.NetworkBackend | None = None,
+    timeout: httpx.Timeout = TIMEOUT,
+) -> httpx.Client:
+    """The client for callbacks: guarded connections, no redirects followed, no proxy or
+    .netrc credentials taken from the environment (``trust_env=False``)."""
+    return httpx.Client(
+        transport=GuardedTransport(policy, resolver, backend),
+        trust_env=False,
+        follow_redirects=False,
+        timeout=timeout,
+    )
+
+
+def post_callback(client: httpx.Client, url: str, body: bytes, headers: Mapping[str, str]) -> int:
+    """POST ``body`` to ``url``; the status code (a 3xx is not followed).
+
+    Reads at most ``MAX_RESPONSE_BYTES`` of the answer. Raises ``CallbackRefused``
+    when the policy refuses the URL or its addresses, ``httpx.HTTPError`` when no
+    answer came.
+    """
+    try:
+        request = client.build_request(
+            "POST", url, content=body, headers={"Accept-Encoding": "identity", **headers}
+        )
+    # httpx 0.28 lets idna's UnicodeError out of some host names ("xn--a.com").
+    except (httpx.InvalidURL, UnicodeError) as exc:
+        raise CallbackRefused("callback_url is malformed") from exc
+    response = client.send(request, stream=True)
+    try:
+        read = 0
+        for chunk in response.iter_raw():
+            read += len(chunk)
+            if read >= MAX_RESPONSE_BYTES:
+                break
+    finally:
+        response.close()
+    return response.status_code
+
+
+def _ports(text: str) -> Iterator[int]:
+    for entry in (e.strip() for e in text.split(",")):
+        if entry:
+            port = int(entry)
+            if not 0 < port < 65536:
+                raise ValueError(f"CV_CALLBACK_PORTS: {entry} is not a port")
+            yield port
+
+
+def _ip(host: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(host.strip("[]").split("%")[0])
+    except ValueError:
+        return None
+
+
+def _faces(address: IPAddress) -> list[IPAddress]:
+    """The address, and the IPv4 address an IPv6 form carries (mapped, NAT64, 6to4)."""
+    if not isinstance(address, ipaddress.IPv6Address):
+        return [address]
+    if address.ipv4_mapped is not None:
+        return [address.ipv4_mapped]
+    if address in _NAT64:
+        return [address, ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)]
+    if address.sixtofour is not None:
+        return [address, address.sixtofour]
+    return [address]

@@ -1,47 +1,45 @@
 """Job callbacks: a POST to the job's ``callback_url`` once it succeeded or failed.
 
 Runs on its own ``notify`` queue, so a slow or dead receiver never holds up a
-job's steps. The address is checked again before each attempt
-(``common.callbacks``); redirects are not followed. Every callback is signed the
-Standard Webhooks way: ``webhook-id`` (the same on every retry, so receivers can
-drop duplicates), ``webhook-timestamp`` and ``webhook-signature``, an HMAC-SHA256 of
+job's steps. The POST goes through ``common.callbacks.callback_client``: the
+host is resolved once, every address checked, and the connection made to a
+checked address (no DNS rebinding); no proxy, no redirect followed, at most 64 KB
+of the answer read. Every callback is signed the Standard Webhooks way:
+``webhook-id`` (the same on every retry, so receivers can drop duplicates),
+``webhook-timestamp`` and ``webhook-signature``, an HMAC-SHA256 of
 ``id.timestamp.body`` with each valid signing secret of the job's tenant (two
-during a rotation's grace period). Connection errors and
-non-2xx answers are retried with exponential back-off (about five minutes in
-all); the outcome is recorded on the job (``notification``) in general terms,
-so the field does not become a probe of the internal network.
+during a rotation's grace period).
+
+Every failure (address refused, no connection, timeout, a non-2xx or 3xx answer)
+is retried with exponential back-off (about five minutes in all) and recorded on
+the job (``notification``) as the same "not delivered (attempt N)": which of them
+it was goes to the worker log only, so the field is no probe of the internal
+network.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
-import urllib.error
-import urllib.request
+import logging
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
+import httpx
+from celery.exceptions import SoftTimeLimitExceeded
 from standardwebhooks import Webhook
 
 from celery_worker.task import StepTask, worker_task
-from common.callbacks import CallbackRefused, check_callback_url
+from common.callbacks import CallbackPolicy, CallbackRefused, callback_client, post_callback
 from common.clock import now_iso
 from common.contract import TASK_NOTIFY, artifact_href
 
-TIMEOUT_SECONDS = 5
 MAX_RETRIES = 8
+
+log = logging.getLogger(__name__)
 
 
 class CallbackFailed(Exception):
     """This attempt did not get a 2xx answer; retried."""
-
-
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None  # the 3xx answer is then reported as a failure
-
-
-_OPENER = urllib.request.build_opener(_NoRedirects)
 
 
 def callback_body(record: dict[str, Any]) -> dict[str, Any]:
@@ -81,32 +79,21 @@ def notify_job(self: StepTask, job_id: str) -> None:
         return
     url = record["callback_url"]
     attempt = self.request.retries + 1
-    try:
-        check_callback_url(url, ctx.settings.callback_hosts, ctx.settings.callback_allow_loopback)
-    except CallbackRefused as exc:
-        jobs.set_notification(job_id, f"not sent: {exc}")
-        return
     body = json.dumps(callback_body(record))
     tenant, _ = ctx.store.tenants.ensure(record["tenant"])
-    request = urllib.request.Request(
-        url,
-        data=body.encode(),
-        method="POST",
-        headers={
-            "Content-Type": "application/json",
-            "User-Agent": "cvjobs-callback/1",
-            **signature_headers(f"msg_{job_id}", body, tenant.valid_secrets()),
-        },
-    )
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "cvjobs-callback/1",
+        **signature_headers(f"msg_{job_id}", body, tenant.valid_secrets()),
+    }
     try:
-        with _OPENER.open(request, timeout=TIMEOUT_SECONDS) as response:
-            status = response.status
-    except urllib.error.HTTPError as error:
-        status = error.code
-    except (OSError, http.client.HTTPException, ValueError):
-        _failed(self, job_id, f"attempt {attempt}: no answer from the receiver")
+        with callback_client(CallbackPolicy.from_settings(ctx.settings)) as client:
+            status = post_callback(client, url, body.encode(), headers)
+    # The soft time limit is the last guard against a receiver that trickles its answer.
+    except (CallbackRefused, httpx.HTTPError, SoftTimeLimitExceeded) as exc:
+        _failed(self, job_id, attempt, f"{type(exc).__name__}: {exc}")
     if not 200 <= status < 300:
-        _failed(self, job_id, f"attempt {attempt}: the receiver answered HTTP {status}")
+        _failed(self, job_id, attempt, f"the receiver answered HTTP {status}")
     jobs.set_notification(job_id, f"delivered (HTTP {status}) at {now_iso()}")
 
 
@@ -121,7 +108,9 @@ def signature_headers(message_id: str, body: str, secrets: list[str]) -> dict[st
     }
 
 
-def _failed(task: StepTask, job_id: str, what: str) -> None:
+def _failed(task: StepTask, job_id: str, attempt: int, why: str) -> NoReturn:
     last = task.request.retries >= MAX_RETRIES
-    task.ctx.store.jobs.set_notification(job_id, f"{what}; {'gave up' if last else 'will retry'}")
-    raise CallbackFailed(what)
+    log.warning("callback of job %s not delivered (attempt %d): %s", job_id, attempt, why)
+    outcome = f"not delivered (attempt {attempt}); {'gave up' if last else 'will retry'}"
+    task.ctx.store.jobs.set_notification(job_id, outcome)
+    raise CallbackFailed(outcome)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import queue
+import re
+import socket
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -121,7 +123,11 @@ def test_failure_is_posted_and_a_refusing_receiver_gets_retried(
     [
         ("file:///etc/passwd", "callback_url"),
         ("http://169.254.169.254/latest/meta-data", "link-local"),
-        ("http://0.0.0.0:9/x", "link-local or special"),
+        ("http://[::ffff:169.254.169.254]/", "link-local"),
+        ("http://0.0.0.0/x", "link-local or special"),
+        ("http://10.0.0.1/hook", "private"),  # the stack sets no CV_CALLBACK_HOSTS
+        ("http://100.64.0.1/hook", "private"),
+        ("http://[::ffff:192.168.1.1]/hook", "private"),
         ("http://[::1", "malformed"),
     ],
 )
@@ -133,6 +139,24 @@ def test_callback_urls_that_are_refused(
     )
     assert response.status_code == 400, response.text
     assert detail in response.json()["detail"]
+
+
+def test_a_failed_delivery_is_recorded_in_general_terms(api_client: Any, assets: Path) -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    job = run_job(
+        api_client,
+        assets / "zidane.jpg",
+        {"pipeline": "blur-faces", "callback_url": f"http://127.0.0.1:{port}/hook"},
+    )
+    notification = wait_until(
+        lambda: api_client.get(f"/v1/jobs/{job['id']}").json()["notification"],
+        10,
+        "the failed attempt to be recorded",
+    )
+    # The same words as for a refused address, a timeout or a non-2xx answer.
+    assert re.fullmatch(r"not delivered \(attempt \d\); will retry", notification)
 
 
 def webhook_headers(call: dict[str, Any]) -> dict[str, str]:
