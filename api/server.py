@@ -78,5 +78,10 @@ class ApiWorker(UvicornWorker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         settings = Settings.from_env()
         HeadTimeoutProtocol.head_timeout_seconds = settings.header_timeout_seconds
-        self.CONFIG_KWARGS = {**self.CONFIG_KWARGS, "limit_concurrency": settings.max_connections}
+        # Per instance (uvicorn_worker reads self.CONFIG_KWARGS while it initialises).
+        kwargs_of_this_worker = {
+            **ApiWorker.CONFIG_KWARGS,
+            "limit_concurrency": settings.max_connections,
+        }
+        setattr(self, "CONFIG_KWARGS", kwargs_of_this_worker)  # noqa: B010 (a ClassVar)
         super().__init__(*args, **kwargs)

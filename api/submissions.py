@@ -36,7 +36,8 @@ from common.chains import build_start, step_task_ids
 from common.contract import Priority
 from common.images import ImageHeader, ImageUnprocessable, NotAnImage, inspect_image
 from common.jobstore.records import OverLimit
-from common.videos import NotAVideo, VideoInfo, VideoUnprocessable, probe_video
+from common.probe import probe_untrusted
+from common.videos import NotAVideo, VideoInfo, VideoUnprocessable
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,10 @@ def parse_request(
     if callback:
         try:
             check_callback_url(
-                callback, svc.settings.callback_hosts, svc.settings.callback_allow_loopback
+                callback,
+                svc.settings.callback_hosts,
+                svc.settings.callback_allow_loopback,
+                svc.settings.callback_ports,
             )
         except CallbackRefused as exc:
             raise BadRequest(str(exc)) from exc
@@ -131,7 +135,7 @@ def check_upload(svc: Services, stream: IO[bytes]) -> ImageHeader | VideoInfo:
             )
         return header
     try:
-        info = probe_video(stream, settings.max_image_pixels, settings.max_video_seconds)
+        info = probe_untrusted(stream, settings, svc.storage.tmp_dir)
     except NotAVideo as exc:
         raise UnsupportedMediaType(
             "the file is neither an image nor a video the service can read "

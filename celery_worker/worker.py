@@ -55,8 +55,15 @@ class WorkerApp(Celery):  # type: ignore[misc]
 
 
 def create_worker_app(settings: Settings | None = None) -> WorkerApp:
-    """A worker app with every task registered; tests pass their own ``settings``."""
-    app = WorkerApp(settings or Settings.from_env())
+    """A worker app with every task registered; tests pass their own ``settings``.
+
+    Built from the environment (the CLI's app), it refuses guessable broker and Redis
+    passwords before anything connects (Celery would only log an error raised later, in
+    a signal handler)."""
+    if settings is None:
+        settings = Settings.from_env()
+        settings.require_strong_secrets()
+    app = WorkerApp(settings)
     register_tasks(app)
     _Lifecycle(app).connect()
     return app
@@ -83,9 +90,6 @@ class _Lifecycle:
         """Main process, before the fork: note whether this worker serves inference."""
         if getattr(instance, "app", None) is not self.app:
             return
-        # A worker that would serve tasks with a guessable broker or Redis password stops
-        # here, before it connects (SettingsError ends the celery command with its text).
-        self.app.settings.require_strong_secrets()
         self.serving = True
         queues = (options or {}).get("queues") or []
         if isinstance(queues, str):

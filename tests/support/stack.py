@@ -124,6 +124,8 @@ def stack_environment(tmp: Path, weights: Path, segment_weights: Path) -> dict[s
         "CV_VIDEO_WINDOW_CHUNKS": "2",
         "CV_WORKER_HEARTBEAT_SECONDS": "5",
         "CV_CALLBACK_ALLOW_LOOPBACK": "1",
+        # The test receivers listen on random ports.
+        "CV_CALLBACK_PORTS": "*",
         # A revoked key must fail this soon (the tests wait for it).
         "CV_KEY_CACHE_SECONDS": "0.5",
         "CV_ULTRALYTICS_DIR": str(tmp / "ultralytics"),
