@@ -29,7 +29,8 @@ from celery.exceptions import SoftTimeLimitExceeded
 from standardwebhooks import Webhook
 
 from celery_worker.task import StepTask, worker_task
-from common.callbacks import CallbackPolicy, CallbackRefused, callback_client, post_callback
+from common.callbacks.policy import CallbackPolicy, CallbackRefused
+from common.callbacks.transport import callback_client, post_callback
 from common.clock import now_iso
 from common.contract import TASK_NOTIFY, artifact_href
 

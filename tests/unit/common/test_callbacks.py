@@ -15,13 +15,11 @@ import httpcore
 import httpx
 import pytest
 
-from common.callbacks import (
+from common.callbacks.policy import CallbackPolicy, CallbackRefused, check_callback_url
+from common.callbacks.transport import (
     MAX_ADDRESSES_TRIED,
     MAX_RESPONSE_BYTES,
-    CallbackPolicy,
-    CallbackRefused,
     callback_client,
-    check_callback_url,
     post_callback,
 )
 from common.settings import Settings
