@@ -233,6 +233,23 @@ def _onnx_is_dynamic(path: str, mtime: float) -> bool:
     return any(dim.dim_param for dim in dims[2:])
 
 
+def detect_faces(model: Any, pictures: np.ndarray) -> tuple[Any, Any, Any]:
+    """MTCNN's ``detect(pictures, landmarks=True)`` for one RGB picture (H, W, 3) or a batch
+    of one size (N, H, W, 3).
+
+    MTCNN looks for faces of at least ``min_face_size`` pixels (20); a smaller picture has
+    no scale to search at, and facenet-pytorch fails on it (``torch.cat`` of an empty list)
+    where the answer is simply: no face.
+    """
+    height, width = pictures.shape[-3:-1]
+    if min(height, width) < model.min_face_size:
+        if pictures.ndim == 3:
+            return None, None, None
+        none = [None] * len(pictures)
+        return none, list(none), list(none)
+    return model.detect(pictures, landmarks=True)
+
+
 def load_mtcnn(spec: ModelSpec, device: str) -> LoadedModel:
     """facenet-pytorch's MTCNN with the pretrained weights its wheel ships."""
     import facenet_pytorch

@@ -17,7 +17,7 @@ from celery_worker.adapters import from_mtcnn, from_yolo, yolo_masks
 from celery_worker.context import WorkerContext
 from celery_worker.errors import ChunkAlreadyDone, InputError, ModelUnavailable
 from celery_worker.masks import pack
-from celery_worker.models import LoadedModel, yolo_arguments
+from celery_worker.models import LoadedModel, detect_faces, yolo_arguments
 from celery_worker.task import chunk_step, job_step
 from celery_worker.video.chunks import chunk_finished, work_key
 from celery_worker.video.frames import detect_frames
@@ -87,7 +87,7 @@ def infer_segment(ctx: WorkerContext, payload: ImagePayload) -> ImagePayload:
 def infer_faces(ctx: WorkerContext, payload: ImagePayload) -> ImagePayload:
     """MTCNN on the RGB image: the faces over ``min_confidence``, with their landmarks."""
     loaded = _model(ctx, payload, "faces")
-    boxes, probs, landmarks = loaded.model.detect(_model_input(ctx, payload), landmarks=True)
+    boxes, probs, landmarks = detect_faces(loaded.model, _model_input(ctx, payload))
     detections = from_mtcnn(
         boxes,
         probs,

@@ -16,7 +16,7 @@ import numpy as np
 from celery_worker.adapters import from_mtcnn, from_yolo
 from celery_worker.detections import Detections
 from celery_worker.imaging import faces_input
-from celery_worker.models import LoadedModel, yolo_arguments
+from celery_worker.models import LoadedModel, detect_faces, yolo_arguments
 
 
 def detect_frames(
@@ -43,7 +43,7 @@ def _faces(
     inputs = [faces_input(frame) for frame in frames]
     scale = inputs[0][1]  # the frames of a video share one size
     batch = np.stack([rgb for rgb, _ in inputs])
-    boxes, probs, landmarks = loaded.model.detect(batch, landmarks=True)
+    boxes, probs, landmarks = detect_faces(loaded.model, batch)
     return [
         from_mtcnn(boxes[i], probs[i], landmarks[i], scale, (width, height), min_confidence)
         for i in range(len(frames))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from celery_worker.errors import ModelUnavailable
@@ -63,3 +64,22 @@ def test_class_names_override_and_report(yolo_weights: Path) -> None:
     assert loaded.info["names"][0] == "worker" and loaded.info["names"][1] == "1"
     assert loaded.info["weights_bytes"] == yolo_weights.stat().st_size
     assert loaded.info["format"] == "pt" and loaded.info["name"] == "renamed"
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 3), (19, 400, 3), (4, 16, 16, 3)])
+def test_pictures_smaller_than_the_smallest_face_have_none(shape: tuple[int, ...]) -> None:
+    from facenet_pytorch import MTCNN
+
+    from celery_worker.models import detect_faces
+
+    model = MTCNN(keep_all=True, device="cpu")
+    boxes, probs, landmarks = detect_faces(model, np.zeros(shape, dtype=np.uint8))
+    if len(shape) == 3:
+        assert (boxes, probs, landmarks) == (None, None, None)
+    else:
+        assert list(boxes) == [None] * shape[0]
+    # ...where MTCNN itself fails on them.
+    with pytest.raises((RuntimeError, ValueError)):
+        model.detect(np.zeros(shape, dtype=np.uint8), landmarks=True)
+    # A picture the size of the smallest face is searched as usual (and has none here).
+    assert detect_faces(model, np.zeros((20, 20, 3), dtype=np.uint8))[0] is None
