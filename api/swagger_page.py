@@ -6,17 +6,23 @@ same page pointing at those assets and at ``/openapi.json``.
 
 Connexion would serve the spec with every ``$ref`` inlined, which makes client
 generators invent a model per operation (``CreateJobResponse202`` instead of
-``Job``); ``/openapi.json`` serves it as written instead. These two are the only
-routes not in the spec.
+``Job``); ``/openapi.json`` serves it as written instead, with what this
+deployment adds (``api.spec.load_spec``: the configured pipelines and models), so clients see
+the document the API validates by. These two are the only routes not in the spec.
 """
 
 from __future__ import annotations
 
 import json
-from functools import cache
 from pathlib import Path
 
-import yaml
+from flask import current_app
+
+from api.services import services
+from api.spec import load_spec
+
+# Flask extension key of the served document, built on the first request for it.
+SPEC_JSON_KEY = "cvjobs.openapi_json"
 
 PAGE = """<!DOCTYPE html>
 <html lang="en">
@@ -48,10 +54,12 @@ def index() -> tuple[str, int, dict[str, str]]:
     return PAGE, 200, {"Content-Type": "text/html; charset=utf-8"}
 
 
-@cache
-def _spec_json(path: Path) -> str:
-    return json.dumps(yaml.safe_load(path.read_text()))
-
-
 def spec_view(path: Path) -> tuple[str, int, dict[str, str]]:
-    return _spec_json(path), 200, {"Content-Type": "application/json"}
+    """The spec at ``path`` as this app routes by it (once per app: the configuration
+    is read at start-up, so the document cannot change while the app runs)."""
+    document = current_app.extensions.get(SPEC_JSON_KEY)
+    if document is None:
+        svc = services()
+        document = json.dumps(load_spec(svc.settings, svc.catalogue, path))
+        current_app.extensions[SPEC_JSON_KEY] = document
+    return document, 200, {"Content-Type": "application/json"}
