@@ -1,4 +1,4 @@
-"""The hostile corpus (tests/support/hostile.py) against a real API, printed and saved as JSON.
+"""The hostile corpus (tests/support/hostile/) against a real API, printed and saved as JSON.
 
     .venv/bin/python benchmarks/hostile.py [--api http://127.0.0.1:8000] [--only NAME...]
 

@@ -1,4 +1,4 @@
-"""The hostile corpus (tests/support/hostile.py) through a real gunicorn server.
+"""The hostile corpus (tests/support/hostile/) through a real gunicorn server.
 
 Each case must get its precise answer (a status, or an accepted job that ends as
 expected) within the bounds below; afterwards the API process must have stayed small:
@@ -14,9 +14,9 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from tests.e2e.test_upload_memory import api_worker, peak_rss
 from tests.support.hostile import CASES, Case, Sampler, expected, send
 from tests.support.keys import StackKeys, headers
+from tests.support.processes import api_worker, peak_rss
 
 pytestmark = [pytest.mark.broker, pytest.mark.workers, pytest.mark.http]
 log = logging.getLogger(__name__)

@@ -11,12 +11,12 @@ import hashlib
 import logging
 from pathlib import Path
 
-import psutil
 import pytest
 import requests
 
 from tests.support import stack
 from tests.support.keys import StackKeys, headers
+from tests.support.processes import api_worker, peak_rss
 
 pytestmark = [pytest.mark.broker, pytest.mark.http]
 log = logging.getLogger(__name__)
@@ -45,27 +45,6 @@ def multipart_file(path: Path, photo: bytes, padding: int) -> tuple[int, str]:
             digest.update(block)
         out.write(f"\r\n--{BOUNDARY}--\r\n".encode())
     return len(photo) + padding, digest.hexdigest()
-
-
-def api_worker(base: str) -> psutil.Process:
-    """The uvicorn worker process of the gunicorn server listening at ``base``."""
-    bind = base.removeprefix("http://")
-    masters = [
-        p
-        for p in psutil.process_iter(["cmdline"])
-        if bind in (p.info["cmdline"] or []) and bind not in (p.parent().cmdline() or [])
-    ]
-    assert len(masters) == 1, masters
-    (worker,) = masters[0].children()
-    return worker
-
-
-def peak_rss(process: psutil.Process) -> int:
-    """VmHWM (the peak resident set size) of ``process``, in bytes."""
-    for line in Path(f"/proc/{process.pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmHWM in /proc status")
 
 
 def sha256_of(path: Path) -> str:

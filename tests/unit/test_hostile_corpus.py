@@ -1,4 +1,4 @@
-"""The hostile corpus (tests/support/hostile.py): each case is what it claims to be.
+"""The hostile corpus (tests/support/hostile/): each case is what it claims to be.
 
 The bombs are checked at full size by their headers and, where a decoder would have
 to allocate them, through a small twin made by the same generator.
@@ -16,8 +16,7 @@ import av
 import pytest
 from PIL import Image
 
-from tests.support import hostile
-from tests.support.hostile import CASES, Case
+from tests.support.hostile import CASES, Case, images, videos, zips
 
 MiB = 1024 * 1024
 # The test stack's limits (tests/support/stack.py): images must pass the upload size
@@ -57,7 +56,7 @@ def test_each_case_is_deterministic_and_within_its_kind_s_size(case: Case) -> No
 
 @pytest.mark.parametrize("size", [0, 1, 1023, 1024, 1025, 3 * 1024 + 5])
 def test_zeros_zlib_inflates_to_exactly_that_many_zeros(size: int) -> None:
-    assert zlib.decompress(hostile.zeros_zlib(size, block=1024)) == bytes(size)
+    assert zlib.decompress(images.zeros_zlib(size, block=1024)) == bytes(size)
 
 
 def png_chunks(data: bytes) -> dict[bytes, bytes]:
@@ -73,7 +72,7 @@ def png_chunks(data: bytes) -> dict[bytes, bytes]:
 
 
 def test_the_png_bomb_declares_20000_squared_and_inflates_to_400_mb_of_zeros() -> None:
-    chunks = png_chunks(hostile.png_bomb())
+    chunks = png_chunks(images.png_bomb())
     assert struct.unpack(">IIBBBBB", chunks[b"IHDR"]) == (20_000, 20_000, 8, 0, 0, 0, 0)
     inflater, size = zlib.decompressobj(), 0
     pending = chunks[b"IDAT"]
@@ -83,12 +82,12 @@ def test_the_png_bomb_declares_20000_squared_and_inflates_to_400_mb_of_zeros() -
         size += len(piece)
         pending = inflater.unconsumed_tail
     assert inflater.eof and size == 20_000 * 20_001  # and the Adler-32 matched
-    with Image.open(io.BytesIO(hostile.png_bomb(64))) as twin:
+    with Image.open(io.BytesIO(images.png_bomb(64))) as twin:
         assert twin.size == (64, 64) and twin.getextrema() == (0, 0)
 
 
 def test_the_corrupt_png_has_a_right_header_over_noise() -> None:
-    data = hostile.png_corrupt_idat()
+    data = images.png_corrupt_idat()
     assert struct.unpack(">II", png_chunks(data)[b"IHDR"][:8]) == (64, 64)
     with Image.open(io.BytesIO(data)) as image:
         assert image.size == (64, 64)
@@ -97,7 +96,7 @@ def test_the_corrupt_png_has_a_right_header_over_noise() -> None:
 
 
 def test_the_tiff_bomb_is_100000_squared_in_a_group_4_strip() -> None:
-    data = hostile.tiff_bomb()
+    data = images.tiff_bomb()
     assert data[:4] == b"II*\0" and len(data) < 13_000
     (count,) = struct.unpack_from("<H", data, 8)
     tags = {
@@ -105,27 +104,27 @@ def test_the_tiff_bomb_is_100000_squared_in_a_group_4_strip() -> None:
         for tag, kind, _, value in struct.iter_unpack("<HHII", data[10 : 10 + 12 * count])
     }
     assert (tags[256], tags[257], tags[258], tags[259]) == (100_000, 100_000, 1, 4)
-    with Image.open(io.BytesIO(hostile.tiff_bomb(64))) as twin:
+    with Image.open(io.BytesIO(images.tiff_bomb(64))) as twin:
         assert twin.size == (64, 64) and twin.getextrema() == (255, 255)  # all white
 
 
 def test_the_webp_bomb_is_a_16383_squared_vp8x_canvas() -> None:
-    data = hostile.webp_bomb()
+    data = images.webp_bomb()
     assert data[:4] == b"RIFF" and data[8:16] == b"WEBPVP8X"
     assert struct.unpack_from("<I", data, 4)[0] == len(data) - 8
     assert int.from_bytes(data[24:27], "little") + 1 == 16383
     assert int.from_bytes(data[27:30], "little") + 1 == 16383
     assert len(data) < 64
-    with Image.open(io.BytesIO(hostile.webp_bomb(32))) as twin:
+    with Image.open(io.BytesIO(images.webp_bomb(32))) as twin:
         assert twin.size == (32, 32) and twin.getextrema() == ((0, 0), (0, 0), (0, 0))
 
 
 @pytest.mark.parametrize(
     ("data", "fmt", "size"),
     [
-        (hostile.jpeg_declaring(65500, 65500), "JPEG", (65500, 65500)),
-        (hostile.gif_bomb(), "GIF", (65535, 65535)),
-        (hostile.png_bomb(), "PNG", (20000, 20000)),
+        (images.jpeg_declaring(65500, 65500), "JPEG", (65500, 65500)),
+        (images.gif_bomb(), "GIF", (65535, 65535)),
+        (images.png_bomb(), "PNG", (20000, 20000)),
     ],
     ids=["jpeg", "gif", "png"],
 )
@@ -137,7 +136,7 @@ def test_pillow_sees_the_declared_size_and_calls_it_a_bomb(
 
 
 def test_the_jpeg_is_a_real_one_apart_from_its_size() -> None:
-    with Image.open(io.BytesIO(hostile.jpeg_declaring(16, 16))) as small:
+    with Image.open(io.BytesIO(images.jpeg_declaring(16, 16))) as small:
         small.load()
         assert small.size == (16, 16)
 
@@ -160,33 +159,33 @@ def decodable(data: bytes) -> int:
 
 
 def test_the_mp4s_cut_in_half() -> None:
-    whole, fast = hostile.small_mp4(), hostile.small_mp4(faststart=True)
+    whole, fast = videos.small_mp4(), videos.small_mp4(faststart=True)
     assert len(frames_of(whole)) == len(frames_of(fast)) == 30
     assert whole.index(b"moov") > len(whole) // 2, "the index is in the half cut off"
-    assert b"moov" not in hostile.truncated(whole)
+    assert b"moov" not in videos.truncated(whole)
     assert fast.index(b"moov") < fast.index(b"mdat") < len(fast) // 2
-    assert 0 < decodable(hostile.truncated(fast)) < 30
-    garbage = hostile.mp4_garbage()
+    assert 0 < decodable(videos.truncated(fast)) < 30
+    garbage = videos.mp4_garbage()
     assert garbage[4:12] == b"ftypisom" and len(garbage) == 24 + MiB
 
 
 @pytest.mark.parametrize("side", [0, 100_000])
 def test_the_mkv_declares_its_size_and_holds_64_pixel_mjpeg_frames(side: int) -> None:
-    data = hostile.mkv_declaring(side, side)
+    data = videos.mkv_declaring(side, side)
     assert data[:4] == b"\x1a\x45\xdf\xa3" and b"\x42\x82\x88matroska" in data[:64]
-    size = hostile.uint(side)  # Video: PixelWidth, PixelHeight
-    assert hostile.element(0xE0, [hostile.element(0xB0, size), hostile.element(0xBA, size)]) in data
+    size = videos.uint(side)  # Video: PixelWidth, PixelHeight
+    assert videos.element(0xE0, [videos.element(0xB0, size), videos.element(0xBA, size)]) in data
     assert frames_of(data) == [(40 * k, 64, 64) for k in range(10)]
 
 
 def test_the_frozen_mkv_never_advances() -> None:
-    with av.open(io.BytesIO(hostile.mkv_frozen()), "r") as container:
+    with av.open(io.BytesIO(videos.mkv_frozen()), "r") as container:
         pts = [p.pts for p in container.demux(video=0) if p.size]
     assert len(pts) == 5000 and set(pts) == {0}
 
 
 def test_the_million_cluster_mkv() -> None:
-    data = hostile.mkv_million_clusters()
+    data = videos.mkv_million_clusters()
     assert data.count(b"\x1f\x43\xb6\x75") == 1_000_000
     with av.open(io.BytesIO(data), "r") as container:
         pts = [p.pts for p in container.demux(video=0) if p.size]
@@ -194,7 +193,7 @@ def test_the_million_cluster_mkv() -> None:
 
 
 def test_the_zip_of_100000_entries_says_so_in_its_zip64_end_record() -> None:
-    data = hostile.many_entries()
+    data = zips.many_entries()
     at = data.rindex(b"PK\6\6")
     entries_on_disk, entries = struct.unpack_from("<QQ", data, at + 24)
     assert entries_on_disk == entries == 100_000
@@ -225,12 +224,12 @@ def test_the_hostile_names_are_stored_as_written_over_a_valid_png(case: str, raw
     with zipfile.ZipFile(io.BytesIO(case_named(case).content())) as bundle:
         (info,) = bundle.infolist()
         assert info.orig_filename.encode("cp437") == raw
-        assert bundle.read(info) == hostile.small_png()
+        assert bundle.read(info) == images.small_png()
 
 
 def test_the_polyglot_is_a_png_and_a_zip_that_starts_after_it() -> None:
-    data = hostile.png_zip_polyglot()
-    png = hostile.small_png()
+    data = zips.png_zip_polyglot()
+    png = images.small_png()
     assert data.startswith(png) and data[len(png) : len(png) + 4] == b"PK\3\4"
     with Image.open(io.BytesIO(data)) as image:
         image.load()
