@@ -247,7 +247,8 @@ def detect_faces(model: Any, pictures: np.ndarray) -> tuple[Any, Any, Any]:
             return None, None, None
         none = [None] * len(pictures)
         return none, list(none), list(none)
-    return model.detect(pictures, landmarks=True)
+    boxes, probs, landmarks = model.detect(pictures, landmarks=True)
+    return boxes, probs, landmarks
 
 
 def load_mtcnn(spec: ModelSpec, device: str) -> LoadedModel:
