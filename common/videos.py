@@ -1,9 +1,18 @@
 """Checks a file is a video we can process: its header and first frame only (API and workers).
 
-The analogue of ``common.images``: the API calls ``probe_video`` on an upload before
-storing it, so a file the workers could not decode, or one too large per frame or too
-long, is refused with a clear reason while the client is still connected. Only the
-header is parsed and one frame decoded, so a 2 GB file is checked in milliseconds.
+The analogue of ``common.images``: an upload is probed before it is stored, so a file
+the workers could not decode, or one too large per frame or too long, is refused with a
+clear reason while the client is still connected. Only the header is parsed and one
+frame decoded, so a 2 GB file is checked in milliseconds.
+
+The API never calls ``probe_video`` itself: it checks the leading bytes
+(``sniff_container``) and runs the probe in a child process under limits
+(``common.probe``). What is accepted, narrowest first:
+
+1. the file starts like an MP4/MOV, Matroska/WebM or AVI file (``sniff_container``), and
+   only that container's FFmpeg demuxer opens it: no other demuxer ever sees an upload;
+2. its first video stream is in one of the ``CODECS`` the workers decode;
+3. its frames, duration and frame count are within the limits.
 
 This module is imported by the light API process: stdlib and PyAV only.
 """
@@ -22,12 +31,16 @@ from av.video.frame import VideoFrame
 from av.video.stream import VideoStream
 
 __all__ = [
+    "CODECS",
     "CONTAINERS",
     "NotAVideo",
     "VideoInfo",
     "VideoRejected",
     "VideoUnprocessable",
+    "guard_decoder",
     "probe_video",
+    "read_head",
+    "sniff_container",
 ]
 
 
@@ -53,11 +66,37 @@ CONTAINERS: dict[str, tuple[str, str]] = {
 }
 ACCEPTED = "MP4, MOV, MKV, WebM or AVI"
 
+# The FFmpeg demuxer each container family is opened with, forced: a file is never handed
+# to FFmpeg's format probing, which would try every demuxer it was built with.
+ISO_BMFF, MATROSKA, AVI = "mov", "matroska", "avi"
+# Top-level boxes a QuickTime/MP4 file can start with (its size, then one of these at 4):
+# "ftyp" in every file since 2001, the others in older QuickTime files without it.
+ISO_BOXES = {b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip"}
+EBML_MAGIC = b"\x1a\x45\xdf\xa3"
+
+# The video codecs accepted, by FFmpeg's codec name (whichever decoder implements it:
+# AV1 is decoded by libdav1d): what cameras, phones and browsers record.
+CODECS = frozenset({"h264", "hevc", "vp8", "vp9", "av1", "mpeg4", "mjpeg", "mpeg2video"})
+ACCEPTED_CODECS = "H.264, HEVC, VP8, VP9, AV1, MPEG-4 Part 2, Motion JPEG or MPEG-2"
+
+# Decoders are told to refuse pictures over this many times the pixel limit (FFmpeg's
+# "max_pixels"), so a stream that grows mid-way never makes them allocate more. Not the
+# limit itself: FFmpeg counts some decoders' padded buffers (MPEG-4 Part 2 at 320x240
+# asks for 125,440 pixels), and the frames between are refused with their size instead.
+DECODER_HEADROOM = 2
+
 # A stream that yields no picture within this many packets is not one we can decode;
 # the bound keeps a garbage stream from being read to its end.
 PROBE_PACKETS = 300
 # How far into the file the EBML header (and its DocType) lies.
 HEADER_BYTES = 64
+# A video that does not declare its duration is measured by reading its packets. No real
+# video holds more than this many video packets per second of its timeline (240 fps slow
+# motion is the fastest common rate); beyond it, after the first STALL_PACKETS, the
+# timestamps are judged not to advance, and reading stops: a file whose packets all carry
+# one timestamp is never read to its end.
+MAX_PACKET_RATE = 300
+STALL_PACKETS = 1000
 
 # ISO-BMFF brands of still images, which FFmpeg's mov demuxer also opens.
 STILL_IMAGE_BRANDS = {"heic", "heix", "heim", "heis", "mif1", "msf1", "avif", "avis"}
@@ -90,14 +129,20 @@ def probe_video(source: Source, max_pixels: int, max_seconds: float) -> VideoInf
     ``source`` is a path or a seekable binary file object (left at its start). One
     frame is decoded to prove the stream decodes. A missing path raises
     ``FileNotFoundError`` (a storage fault, not the client's).
+
+    This parses the file with FFmpeg in the calling process: the API runs it in a child
+    process under limits (``common.probe.probe_untrusted``), never in its own.
     """
     if not isinstance(source, str | Path):
         source.seek(0)
     try:
-        head = _read_head(source)
+        head = read_head(source)
+        demuxer = sniff_container(head)
+        if demuxer is None:
+            raise NotAVideo(f"the file does not start like a video; send {ACCEPTED}")
         target = str(source) if isinstance(source, Path) else source
-        with av.open(target, "r", metadata_errors="replace") as container:
-            return _inspect(container, head, max_pixels, max_seconds)
+        with av.open(target, "r", format=demuxer, metadata_errors="replace") as container:
+            return _inspect(container, demuxer, head, max_pixels, max_seconds)
     except av.error.FileNotFoundError:
         raise
     except av.error.FFmpegError as exc:
@@ -109,13 +154,40 @@ def probe_video(source: Source, max_pixels: int, max_seconds: float) -> VideoInf
             source.seek(0)
 
 
-def _read_head(source: Source) -> bytes:
+def read_head(source: Source) -> bytes:
+    """The first ``HEADER_BYTES`` of a path or a file object (read from, and left at, its start)."""
     if isinstance(source, str | Path):
         with open(source, "rb") as stream:
             return stream.read(HEADER_BYTES)
+    source.seek(0)
     head = source.read(HEADER_BYTES)
     source.seek(0)
     return bytes(head)
+
+
+def sniff_container(head: bytes) -> str | None:
+    """The FFmpeg demuxer for a file starting with ``head`` (``"mov"``, ``"matroska"`` or
+    ``"avi"``), or None when it starts like none of the accepted containers.
+
+    Signatures: a QuickTime/MP4 box type at offset 4, the EBML magic 1A 45 DF A3 at 0,
+    "RIFF" at 0 with "AVI " at 8.
+    """
+    if head[4:8] in ISO_BOXES:
+        return ISO_BMFF
+    if head.startswith(EBML_MAGIC):
+        return MATROSKA
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return AVI
+    return None
+
+
+def guard_decoder(stream: VideoStream, max_pixels: int) -> None:
+    """Tell the stream's decoder to refuse pictures past ``DECODER_HEADROOM`` times
+    ``max_pixels`` (before it is opened, i.e. before the first packet is decoded)."""
+    stream.codec_context.options = {
+        **stream.codec_context.options,
+        "max_pixels": str(DECODER_HEADROOM * max_pixels),
+    }
 
 
 def _reason(exc: BaseException) -> str:
@@ -126,21 +198,27 @@ def _reason(exc: BaseException) -> str:
 
 
 def _inspect(
-    container: InputContainer, head: bytes, max_pixels: int, max_seconds: float
+    container: InputContainer, demuxer: str, head: bytes, max_pixels: int, max_seconds: float
 ) -> VideoInfo:
-    name = _container_name(container, head)
+    name = _container_name(container, demuxer, head)
     if not container.streams.video:
         raise NotAVideo(f"the {name} file holds no video stream; send {ACCEPTED}")
     stream = container.streams.video[0]
     codec = stream.codec_context
     if codec is None or not codec.name:
         raise NotAVideo(f"the {name} file's video codec cannot be decoded; send {ACCEPTED}")
+    if codec.codec.canonical_name not in CODECS:
+        raise NotAVideo(
+            f"the {name} file's video codec ({codec.codec.canonical_name}) is not accepted; "
+            f"send {ACCEPTED} with {ACCEPTED_CODECS} video"
+        )
     coded = (codec.width or 0) * (codec.height or 0)
     if coded > max_pixels:  # before decoding: a declared 30000x30000 frame is never allocated
         raise VideoUnprocessable(
             f"video frames are {codec.width}x{codec.height} = {coded} pixels; "
             f"the limit is {max_pixels}"
         )
+    guard_decoder(stream, max_pixels)
     frame = _first_frame(container, stream)
     width, height = frame.width, frame.height
     if width * height > max_pixels:
@@ -176,20 +254,16 @@ def _inspect(
     )
 
 
-def _container_name(container: InputContainer, head: bytes) -> str:
-    formats = set(container.format.name.split(","))
-    if "mp4" in formats:  # FFmpeg's "mov,mp4,m4a,3gp,3g2,mj2": the ftyp brand tells them apart
+def _container_name(container: InputContainer, demuxer: str, head: bytes) -> str:
+    """Our name (a key of ``CONTAINERS``) of a file opened with ``demuxer``."""
+    if demuxer == ISO_BMFF:  # one demuxer for MOV, MP4, 3GP, HEIF...: the ftyp brand tells
         brand = container.metadata.get("major_brand", "").strip()
         if brand in STILL_IMAGE_BRANDS:
             raise NotAVideo(f"HEIF/AVIF images ({brand}) are not accepted; send {ACCEPTED}")
         return "mov" if brand == "qt" else "mp4"
-    if "matroska" in formats:  # one demuxer for both: the EBML DocType tells them apart
+    if demuxer == MATROSKA:  # one demuxer for both: the EBML DocType tells them apart
         return "webm" if _ebml_doctype(head) == "webm" else "mkv"
-    if "avi" in formats:
-        return "avi"
-    raise NotAVideo(
-        f"{container.format.long_name or container.format.name} is not accepted; send {ACCEPTED}"
-    )
+    return "avi"
 
 
 def _ebml_doctype(head: bytes) -> str | None:
@@ -213,6 +287,7 @@ def _ebml_doctype(head: bytes) -> str | None:
 def _first_frame(container: InputContainer, stream: VideoStream) -> VideoFrame:
     """Decode until one picture comes out, within ``PROBE_PACKETS`` packets."""
     stream.thread_type = "SLICE"  # frame threading would hold the first picture back
+    stream.codec_context.thread_count = 1  # one picture: threads would only cost memory
     errors: list[str] = []
     for count, packet in enumerate(container.demux(stream), start=1):
         try:
@@ -249,18 +324,26 @@ def _measured_duration(
     """The length of a video that does not declare it (a live recording, e.g. a browser's
     MediaRecorder WebM): its packets are read (not decoded) to the end, or only until
     they pass ``max_seconds``. ``start`` is the first frame's pts (its packet is read).
+
+    Timestamps that do not advance (more than ``MAX_PACKET_RATE`` packets per second of
+    timeline, past the first ``STALL_PACKETS``) make the video unprocessable: there is no
+    declared duration to fall back on, and reading on could take the whole file.
     """
     time_base = Fraction(stream.time_base or Fraction(1, 1000))
     first, last = start, start
     try:
-        for packet in container.demux(stream):
-            if packet.pts is None:
-                continue
-            first = packet.pts if first is None else min(first, packet.pts)
-            last = packet.pts if last is None else max(last, packet.pts)
-            if (last - first) * time_base > max_seconds:
+        for count, packet in enumerate(container.demux(stream), start=1):
+            if packet.pts is not None:
+                first = packet.pts if first is None else min(first, packet.pts)
+                last = packet.pts if last is None else max(last, packet.pts)
+            span = (last - first) * time_base if first is not None and last is not None else 0
+            if span > max_seconds:
                 raise VideoUnprocessable(
                     f"the video lasts more than {max_seconds} s; the limit is {max_seconds} s"
+                )
+            if count > STALL_PACKETS + MAX_PACKET_RATE * span:
+                raise VideoUnprocessable(
+                    "the video's timestamps do not advance, so its duration cannot be measured"
                 )
     except av.error.FFmpegError:
         pass  # damaged further on: the workers name what they lose; judge what was read

@@ -2,7 +2,8 @@
 
 Seeks to the keyframe before the chunk and decodes forward, so a chunk gives the
 same frames as decoding the whole file. Frames that cannot be decoded are named
-(``DecodedChunk.missing``), never raised.
+(``DecodedChunk.missing``), never raised; a frame over the pixel limit is raised
+(``FrameTooLarge``) before it is converted.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from av.container import InputContainer
 from av.video.frame import VideoFrame
 from av.video.stream import VideoStream
 
-from celery_worker.video.demux import open_video, packets
+from celery_worker.video.demux import check_frame, limit_frames, open_video, packets
 
 # Packets read past the last wanted timestamp before a chunk stops waiting for frames
 # the decoder will never give (a damaged stream); more than any real reorder delay.
@@ -38,7 +39,11 @@ class DecodedChunk:
 
 
 def decode_chunk(
-    path: Path, source_pts: Sequence[int], rotation: int, size: tuple[int, int]
+    path: Path,
+    source_pts: Sequence[int],
+    rotation: int,
+    size: tuple[int, int],
+    max_pixels: int | None = None,
 ) -> DecodedChunk:
     """The frames with these pts (a slice of ``FramePlan.source_pts``), BGR, upright.
 
@@ -46,7 +51,9 @@ def decode_chunk(
     the same frame for frame as decoding the whole file. A frame that cannot be
     decoded is replaced by the previous decoded one of the chunk (else black) and
     named in ``missing``; corrupt packets are skipped, never raised. Only a file that
-    cannot be opened at all raises (``VideoDecodeError``, or ``FileNotFoundError``).
+    cannot be opened at all raises (``VideoDecodeError``, or ``FileNotFoundError``),
+    and, given ``max_pixels`` (``settings.max_image_pixels``), a wanted frame over it
+    (``FrameTooLarge``, a ``VideoDecodeError``), before it is converted.
     """
     width, height = size
     if not source_pts:
@@ -56,6 +63,8 @@ def decode_chunk(
     corrupt: set[int] = set()
 
     def keep(frame: VideoFrame, pts: int) -> None:
+        if max_pixels is not None:
+            check_frame(frame.width, frame.height, max_pixels)
         got[pts] = _to_bgr(frame, rotation, size)
         if frame.is_corrupt:
             corrupt.add(pts)
@@ -63,7 +72,7 @@ def decode_chunk(
     first, last = min(wanted), max(wanted)
     with open_video(path) as container:
         stream = container.streams.video[0]
-        _one_thread(stream)
+        _prepare(stream, max_pixels)
         try:
             container.seek(first, stream=stream, backward=True)
             landed = _decode_range(container, stream, wanted, last, keep, after_seek=True)
@@ -74,7 +83,7 @@ def decode_chunk(
         corrupt.clear()
         with open_video(path) as container:
             stream = container.streams.video[0]
-            _one_thread(stream)
+            _prepare(stream, max_pixels)
             _decode_range(container, stream, wanted, last, keep, after_seek=False)
     return _assemble(source_pts, got, corrupt, size)
 
@@ -152,9 +161,11 @@ def _assemble(
     return DecodedChunk(frames, missing, damaged)
 
 
-def _one_thread(stream: VideoStream) -> None:
+def _prepare(stream: VideoStream, max_pixels: int | None) -> None:
     """Decode on one thread: a worker process is the unit of parallelism, and FFmpeg's
     threads would compete with the model's for the same cores (the service runs the
-    decoding beside inference)."""
+    decoding beside inference). Frames past ``max_pixels`` are refused (``limit_frames``)."""
     stream.thread_type = "SLICE"
     stream.codec_context.thread_count = 1
+    if max_pixels is not None:
+        limit_frames(stream, max_pixels)

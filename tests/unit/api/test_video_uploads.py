@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
+import av
+import numpy as np
 import pytest
 
 from common.settings import Settings
@@ -64,3 +68,68 @@ def test_video_options_with_an_image_are_refused(offline_settings: Settings) -> 
     response = _post(offline_settings, jpeg(), {"pipeline": "detect", "max_side": "64"}, "a.jpg")
     assert response.status_code == 400
     assert "'max_side' applies to videos only" in response.json()["detail"]
+
+
+@pytest.fixture
+def children(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The module of every child the API's probe starts (each one still runs)."""
+    from common import sandbox
+
+    started: list[str] = []
+    real = sandbox.run
+
+    def spy(module: str, args: list[str], limits: sandbox.Limits) -> Any:
+        started.append(module)
+        return real(module, args, limits)
+
+    monkeypatch.setattr(sandbox, "run", spy)
+    return started
+
+
+def test_a_video_is_probed_in_one_child(
+    offline_settings: Settings, clip: bytes, children: list[str]
+) -> None:
+    response = _post(offline_settings, clip, {"pipeline": "detect"})
+    assert response.status_code == 503, response.text  # past the probe, at Redis
+    assert children == ["common.probe"]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"%PDF-1.4 not an image", b"\x47" + bytes(187) * 8, bytes(range(256)) * 64],
+    ids=["pdf", "mpeg-ts", "noise"],
+)
+def test_what_does_not_start_like_a_video_is_415_without_a_child(
+    offline_settings: Settings, children: list[str], data: bytes
+) -> None:
+    response = _post(offline_settings, data, {"pipeline": "detect"})
+    assert response.status_code == 415, response.text
+    assert "does not start like a video" in response.json()["detail"]
+    assert children == []
+
+
+def test_a_probe_past_its_wall_clock_is_422_without_internals(
+    offline_settings: Settings, clip: bytes, children: list[str]
+) -> None:
+    started = time.monotonic()
+    response = _post(
+        replace(offline_settings, probe_timeout_seconds=0.01), clip, {"pipeline": "detect"}
+    )
+    assert time.monotonic() - started < 5
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"] == "the video could not be probed within its limits"
+    assert children == ["common.probe"]
+
+
+def test_a_codec_outside_the_list_is_415(offline_settings: Settings, tmp_path: Path) -> None:
+    path = tmp_path / "a.mkv"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("ffv1", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for index in range(3):
+            image = np.full((48, 64, 3), 50 * index, np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode(None))
+    response = _post(offline_settings, path.read_bytes(), {"pipeline": "detect"}, "a.mkv")
+    assert response.status_code == 415, response.text
+    assert "video codec (ffv1) is not accepted" in response.json()["detail"]

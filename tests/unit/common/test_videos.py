@@ -10,12 +10,21 @@ import io
 import wave
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
 import pytest
 
-from common.videos import CONTAINERS, NotAVideo, VideoUnprocessable, probe_video
+from common.videos import (
+    CODECS,
+    CONTAINERS,
+    STALL_PACKETS,
+    NotAVideo,
+    VideoUnprocessable,
+    probe_video,
+    sniff_container,
+)
 from tests.support.videos import live_recording, moving_shapes, rotated, truncate
 
 BIG = 10**9
@@ -135,3 +144,123 @@ def test_probe_reports_the_display_rotation_and_the_upright_size(
     rotated(path, degrees, size=(160, 96))
     info = probe_video(path, BIG, 60)
     assert (info.rotation, info.width, info.height) == (degrees, 160, 96)
+
+
+@pytest.mark.parametrize(
+    ("head", "demuxer"),
+    [
+        (b"\0\0\0\x18ftypisom\0\0\2\0", "mov"),
+        (b"\0\0\0\x14ftypqt  \0\0\2\0", "mov"),
+        (b"\0\0\x12\x34moov\0\0\0\x6cmvhd", "mov"),  # QuickTime before ftyp existed
+        (b"\x1a\x45\xdf\xa3\x9f\x42\x86\x81\x01", "matroska"),
+        (b"RIFF\x10\0\0\0AVI LIST", "avi"),
+        (b"RIFF\x10\0\0\0WAVEfmt ", None),
+        (b"\x47\x40\x00\x10" + bytes(184) + b"\x47", None),  # MPEG-TS: not accepted
+        (b"\0\0\1\xba\x44\0\4\0", None),  # MPEG-PS: not accepted
+        (b"\xff\xd8\xff\xe0\0\x10JFIF", None),
+        (b"GIF89a", None),
+        (b"", None),
+    ],
+    ids=[
+        "mp4",
+        "mov",
+        "old-mov",
+        "mkv",
+        "avi",
+        "wav",
+        "mpeg-ts",
+        "mpeg-ps",
+        "jpeg",
+        "gif",
+        "empty",
+    ],
+)
+def test_sniff_names_the_demuxer_of_each_accepted_signature(
+    head: bytes, demuxer: str | None
+) -> None:
+    assert sniff_container(head) == demuxer
+
+
+@pytest.mark.parametrize(
+    ("encoder", "codec"),
+    [("libvpx", "vp8"), ("libx265", "hevc"), ("mpeg2video", "mpeg2video"), ("libsvtav1", "av1")],
+)
+def test_probe_accepts_each_listed_codec(tmp_path: Path, encoder: str, codec: str) -> None:
+    path = tmp_path / "a.mkv"
+    _encode(path, encoder)
+    info = probe_video(path, BIG, 60)
+    assert info.container == "mkv" and (info.codec, info.width) in {(codec, 64), ("libdav1d", 64)}
+    assert codec in CODECS
+
+
+@pytest.mark.parametrize(
+    ("encoder", "codec"), [("ffv1", "ffv1"), ("mpeg1video", "mpeg1video"), ("prores_ks", "prores")]
+)
+def test_probe_refuses_a_codec_outside_the_list(tmp_path: Path, encoder: str, codec: str) -> None:
+    """Codecs FFmpeg decodes well enough, but outside the list: its decoders stay closed."""
+    path = tmp_path / "a.mkv"
+    _encode(path, encoder)
+    with pytest.raises(NotAVideo, match=rf"video codec \({codec}\) is not accepted"):
+        probe_video(path, BIG, 60)
+
+
+def _encode(path: Path, encoder: str, size: tuple[int, int] = (64, 48)) -> None:
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(encoder, rate=25)  # a rate MPEG-1 allows
+        stream.width, stream.height = size
+        stream.pix_fmt = "yuv422p10le" if encoder == "prores_ks" else "yuv420p"
+        for index in range(5):
+            image = np.full((size[1], size[0], 3), 40 * index, np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode(None))
+
+
+@pytest.mark.parametrize(("frozen", "moving"), [(5000, 0), (STALL_PACKETS + 200, 50)])
+def test_probe_refuses_timestamps_that_do_not_advance(
+    tmp_path: Path, frozen: int, moving: int
+) -> None:
+    """No declared duration, and every packet at pts 0: judged as the packets are read,
+    so a clock that starts moving after the first thousand packets comes too late."""
+    path = tmp_path / "frozen.mkv"
+    path.write_bytes(_frozen_mkv(frozen, moving))
+    with av.open(str(path)) as container:
+        assert container.duration is None, "the test file must declare no duration"
+    with pytest.raises(VideoUnprocessable, match="timestamps do not advance"):
+        probe_video(path, BIG, 60)
+
+
+def test_probe_measures_a_clock_that_advances(tmp_path: Path) -> None:
+    path = tmp_path / "moving.mkv"
+    path.write_bytes(_frozen_mkv(0, 50))
+    assert probe_video(path, BIG, 60).duration == pytest.approx(5, abs=0.11)
+
+
+def _frozen_mkv(frozen: int, moving: int) -> bytes:
+    """Tiny MJPEG frames written to a pipe (no duration): ``frozen`` at pts 0, then
+    ``moving`` 100 ms apart."""
+    out = _Pipe()  # not seekable, so the muxer writes no duration
+    with av.open(out, "w", format="matroska") as container:
+        stream = container.add_stream("mjpeg", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 16, 16, "yuvj420p"
+        stream.time_base = Fraction(1, 1000)
+        black = av.VideoFrame.from_ndarray(np.zeros((16, 16, 3), np.uint8), format="rgb24")
+        picture = bytes(stream.encode(black)[0])
+        for index in range(frozen + moving):
+            packet = av.Packet(picture)
+            packet.stream = stream
+            packet.time_base = Fraction(1, 1000)
+            packet.pts = packet.dts = max(0, index - frozen + 1) * 100
+            container.mux(packet)
+    return bytes(out.data)
+
+
+class _Pipe(io.RawIOBase):
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, chunk: Any) -> int:
+        self.data += chunk
+        return len(chunk)

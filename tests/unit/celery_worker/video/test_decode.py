@@ -6,13 +6,18 @@ be checked exactly.
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 import pytest
+from av.video.frame import VideoFrame
 
+from celery_worker.video import decode
 from celery_worker.video.decode import decode_chunk
+from celery_worker.video.demux import FrameTooLarge, VideoDecodeError
 from celery_worker.video.plan import plan_frames
 from tests.support.videos import (
     chunk_ranges,
@@ -130,3 +135,83 @@ def test_a_truncated_file_keeps_what_it_has_and_says_so(tmp_path: Path, name: st
     decoded = decode_in_chunks(cut, plan.source_pts, 8)
     assert len(decoded.frames) == len(plan.source_pts)
     assert len(decoded.missing) <= 2
+
+
+def _growing(path: Path, sizes: tuple[tuple[int, int], tuple[int, int]]) -> None:
+    """A VP8 WebM whose stream declares ``sizes[0]`` and switches to ``sizes[1]`` (at a
+    keyframe) after 5 frames, as a camera or a crafted file may: 5 frames of each."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libvpx", rate=10)
+        stream.width, stream.height = sizes[0]
+        stream.pix_fmt = "yuv420p"
+        encoders = [stream.codec_context, av.CodecContext.create("libvpx", "w")]
+        second = encoders[1]
+        second.width, second.height = sizes[1]
+        second.pix_fmt, second.time_base, second.framerate = "yuv420p", Fraction(1, 10), 10
+        packets: list[av.Packet] = []
+        for encoder, (width, height) in zip(encoders, sizes, strict=True):
+            for index in range(5):
+                image = np.full((height, width, 3), 40 * index, np.uint8)
+                frame = av.VideoFrame.from_ndarray(image, format="bgr24")
+                frame.pts, frame.time_base = index, Fraction(1, 10)
+                packets += encoder.encode(frame)
+            packets += encoder.encode(None)
+        for index, packet in enumerate(packets):
+            packet.stream, packet.time_base = stream, Fraction(1, 10)
+            packet.pts = packet.dts = index
+            container.mux(packet)
+
+
+@pytest.fixture
+def converted(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """The sizes of the frames decode_chunk converts to arrays (each still converted)."""
+    sizes: list[tuple[int, int]] = []
+    real = decode._to_bgr
+
+    def spy(frame: VideoFrame, rotation: int, size: tuple[int, int]) -> np.ndarray:
+        sizes.append((frame.width, frame.height))
+        return real(frame, rotation, size)
+
+    monkeypatch.setattr(decode, "_to_bgr", spy)
+    return sizes
+
+
+def test_a_frame_over_the_pixel_limit_fails_before_it_is_converted(
+    tmp_path: Path, converted: list[tuple[int, int]]
+) -> None:
+    path = tmp_path / "grows.webm"
+    _growing(path, ((160, 120), (320, 240)))
+    plan = plan_frames(path)
+    assert len(decode_chunk(path, plan.source_pts, 0, (160, 120)).missing) == 0  # no limit
+    converted.clear()
+    with pytest.raises(FrameTooLarge, match=r"320x240 = 76800 pixels; the limit is 50000") as e:
+        decode_chunk(path, plan.source_pts, 0, (160, 120), max_pixels=50_000)
+    assert converted == [(160, 120)] * 5, "the large frame never reached to_ndarray"
+    # a VideoDecodeError: preprocess_chunk fails the job with kind "input" (InputError)
+    assert isinstance(e.value, VideoDecodeError)
+
+
+def test_a_stream_declaring_frames_over_the_limit_fails_before_decoding(
+    tmp_path: Path, converted: list[tuple[int, int]]
+) -> None:
+    path = tmp_path / "a.mkv"
+    moving_shapes(path, seconds=1, fps=10)
+    _, pts, _ = read_all(path)
+    with pytest.raises(FrameTooLarge, match=r"declares frames of 320x240"):
+        decode_chunk(path, pts, 0, (320, 240), max_pixels=320 * 240 - 1)
+    assert converted == []
+    assert len(decode_chunk(path, pts, 0, (320, 240), max_pixels=320 * 240).frames) == len(pts)
+
+
+def test_the_decoder_refuses_frames_far_over_the_limit(
+    tmp_path: Path, converted: list[tuple[int, int]]
+) -> None:
+    """FFmpeg's max_pixels (PyAV 18 passes codec_context.options to the decoder): a
+    picture past twice the limit is never allocated; it is a missing frame, as an
+    undecodable one is."""
+    path = tmp_path / "grows.webm"
+    _growing(path, ((160, 120), (480, 360)))  # 9 times the pixels
+    plan = plan_frames(path)
+    decoded = decode_chunk(path, plan.source_pts, 0, (160, 120), max_pixels=160 * 120)
+    assert decoded.missing == [5, 6, 7, 8, 9]
+    assert converted == [(160, 120)] * 5
