@@ -20,6 +20,7 @@ from kombu.exceptions import OperationalError
 from api.auth import Caller
 from api.errors import (
     BadRequest,
+    Busy,
     Conflict,
     Forbidden,
     PayloadTooLarge,
@@ -34,9 +35,15 @@ from common.callbacks import CallbackRefused, check_callback_url
 from common.catalogue import PipelineConfig
 from common.chains import build_start, step_task_ids
 from common.contract import Priority
-from common.images import ImageHeader, ImageUnprocessable, NotAnImage, inspect_image
+from common.images import (
+    ImageHeader,
+    ImageUnprocessable,
+    NotAnImage,
+    UnsupportedImageFormat,
+    inspect_image,
+)
 from common.jobstore.records import OverLimit
-from common.probe import probe_untrusted
+from common.probe import ProbesBusy, probe_untrusted
 from common.videos import NotAVideo, VideoInfo, VideoUnprocessable
 
 log = logging.getLogger(__name__)
@@ -125,6 +132,8 @@ def check_upload(svc: Services, stream: IO[bytes]) -> ImageHeader | VideoInfo:
         header = inspect_image(stream, settings.max_image_pixels)
     except ImageUnprocessable as exc:
         raise UnprocessableImage(str(exc)) from exc
+    except UnsupportedImageFormat as exc:
+        raise UnsupportedMediaType(str(exc)) from exc
     except NotAnImage:
         pass
     else:
@@ -136,6 +145,8 @@ def check_upload(svc: Services, stream: IO[bytes]) -> ImageHeader | VideoInfo:
         return header
     try:
         info = probe_untrusted(stream, settings, svc.storage.tmp_dir)
+    except ProbesBusy as exc:
+        raise Busy(str(exc)) from exc
     except NotAVideo as exc:
         raise UnsupportedMediaType(
             "the file is neither an image nor a video the service can read "

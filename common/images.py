@@ -22,6 +22,10 @@ class NotAnImage(ImageRejected):
     """Not an image, or a format the workers cannot decode (HTTP 415)."""
 
 
+class UnsupportedImageFormat(NotAnImage):
+    """An image, but of a format the service refuses (GIF, PSD, ...): no video either."""
+
+
 class ImageUnprocessable(ImageRejected):
     """An image, but too large or empty (HTTP 422)."""
 
@@ -73,7 +77,7 @@ def inspect_image(stream: IO[bytes], max_pixels: int) -> ImageHeader:
         stream.seek(0)
         named = _refused_format(stream.read(16))
         if named:
-            raise NotAnImage(
+            raise UnsupportedImageFormat(
                 f"{named} images are not supported; send JPEG, PNG, WebP, BMP or TIFF"
             ) from exc
         raise NotAnImage(
@@ -82,7 +86,9 @@ def inspect_image(stream: IO[bytes], max_pixels: int) -> ImageHeader:
     finally:
         stream.seek(0)
     if fmt not in FORMATS:
-        raise NotAnImage(f"{fmt} images are not supported; send JPEG, PNG, WebP, BMP or TIFF")
+        raise UnsupportedImageFormat(
+            f"{fmt} images are not supported; send JPEG, PNG, WebP, BMP or TIFF"
+        )
     if width <= 0 or height <= 0:
         raise ImageUnprocessable(f"image has no pixels ({width}x{height})")
     if width * height > max_pixels:

@@ -25,6 +25,7 @@ import shutil
 import stat
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -59,6 +60,15 @@ JSON_TYPES: dict[str, tuple[type, ...]] = {"str": (str,), "int": (int,), "float"
 FIELD_TYPES = {f.name: JSON_TYPES[str(f.type)] for f in fields(VideoInfo)}
 
 
+class ProbesBusy(Exception):
+    """As many probes as the host has cores run already, and none ended in time (503)."""
+
+
+# Probes at once in one API process: each child may take a core and CV_PROBE_MEMORY_BYTES,
+# so a crowd of video uploads waits here rather than starting one child each.
+_SLOTS = threading.BoundedSemaphore(max(2, os.cpu_count() or 2))
+
+
 class ProbeFailed(VideoUnprocessable):
     """The probe's child ended without an answer (a limit, a crash): HTTP 422."""
 
@@ -85,6 +95,17 @@ def probe_untrusted(source: Source, settings: Settings, spool_dir: Path | None =
         raise NotAVideo(f"the file does not start like a video; send {ACCEPTED}")
     args = [str(settings.max_image_pixels), repr(float(settings.max_video_seconds))]
     started = time.perf_counter()
+    if not _SLOTS.acquire(timeout=settings.probe_timeout_seconds):
+        raise ProbesBusy("the server is probing as many videos as it can; try again soon")
+    try:
+        return _probe(source, settings, spool_dir, args, started)
+    finally:
+        _SLOTS.release()
+
+
+def _probe(
+    source: Source, settings: Settings, spool_dir: Path | None, args: list[str], started: float
+) -> VideoInfo:
     with _on_disk(source, spool_dir) as path:
         try:
             answer = sandbox.run(CHILD, [path, *args], limits(settings))

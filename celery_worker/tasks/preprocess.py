@@ -97,6 +97,7 @@ def preprocess_chunk(ctx: WorkerContext, payload: ChunkPayload) -> ChunkPayload:
             chunk["source_pts"],
             int(payload["video"].get("rotation") or 0),
             (width, height),
+            max_pixels=ctx.settings.max_image_pixels,
         )
     except FileNotFoundError as exc:
         raise InputError("the uploaded video is missing from storage") from exc

@@ -178,6 +178,7 @@ def _track_crops(
             [plan["source_pts"][best["frame"]]],
             rotation,
             (width, height),
+            max_pixels=ctx.settings.max_image_pixels,
         )
         if decoded.missing:
             continue

@@ -133,3 +133,28 @@ def test_a_codec_outside_the_list_is_415(offline_settings: Settings, tmp_path: P
     response = _post(offline_settings, path.read_bytes(), {"pipeline": "detect"}, "a.mkv")
     assert response.status_code == 415, response.text
     assert "video codec (ffv1) is not accepted" in response.json()["detail"]
+
+
+def test_a_refused_image_format_is_named(offline_settings: Settings) -> None:
+    response = _post(offline_settings, b"GIF89a" + b"\0" * 64, {"pipeline": "detect"}, "a.gif")
+    assert response.status_code == 415
+    assert "GIF images are not supported" in response.json()["detail"]
+
+
+def test_videos_beyond_the_probe_slots_wait_then_get_503(
+    offline_settings: Settings, clip: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from common import probe
+
+    slots = threading.BoundedSemaphore(1)
+    slots.acquire()  # the only slot is taken by another upload's probe
+    monkeypatch.setattr(probe, "_SLOTS", slots)
+    settings = replace(offline_settings, probe_timeout_seconds=0.3)
+    started = time.monotonic()
+    response = _post(settings, clip, {"pipeline": "detect"})
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    assert "probing as many videos" in response.json()["detail"]
+    assert time.monotonic() - started < 5
