@@ -34,17 +34,8 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from common import sandbox
-from common.videos import (
-    ACCEPTED,
-    CONTAINERS,
-    NotAVideo,
-    Source,
-    VideoInfo,
-    VideoUnprocessable,
-    probe_video,
-    read_head,
-    sniff_container,
-)
+from common.containers import ACCEPTED, CONTAINERS, Source, read_head, sniff_container
+from common.videos import NotAVideo, VideoInfo, VideoUnprocessable, probe_video
 
 if TYPE_CHECKING:  # the child imports this module: nothing it does not need
     from common.settings import Settings

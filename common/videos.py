@@ -6,11 +6,11 @@ clear reason while the client is still connected. Only the header is parsed and 
 frame decoded, so a 2 GB file is checked in milliseconds.
 
 The API never calls ``probe_video`` itself: it checks the leading bytes
-(``sniff_container``) and runs the probe in a child process under limits
-(``common.probe``). What is accepted, narrowest first:
+(``common.containers.sniff_container``) and runs the probe in a child process under
+limits (``common.probe``). What is accepted, narrowest first:
 
-1. the file starts like an MP4/MOV, Matroska/WebM or AVI file (``sniff_container``), and
-   only that container's FFmpeg demuxer opens it: no other demuxer ever sees an upload;
+1. the file starts like an MP4/MOV, Matroska/WebM or AVI file (``common.containers``),
+   and only that container's FFmpeg demuxer opens it: no other demuxer ever sees an upload;
 2. its first video stream is in one of the ``CODECS`` the workers decode;
 3. its frames, duration and frame count are within the limits.
 
@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import av
 import av.error
@@ -30,17 +30,25 @@ from av.container import InputContainer
 from av.video.frame import VideoFrame
 from av.video.stream import VideoStream
 
+from common.containers import (
+    ACCEPTED,
+    CONTAINERS,
+    ISO_BMFF,
+    STILL_IMAGE_BRANDS,
+    Source,
+    container_name,
+    read_head,
+    sniff_container,
+)
+
 __all__ = [
     "CODECS",
-    "CONTAINERS",
     "NotAVideo",
     "VideoInfo",
     "VideoRejected",
     "VideoUnprocessable",
     "guard_decoder",
     "probe_video",
-    "read_head",
-    "sniff_container",
 ]
 
 
@@ -56,24 +64,6 @@ class VideoUnprocessable(VideoRejected):
     """A video, but too large per frame, too long, or without frames (HTTP 422)."""
 
 
-# Our short name -> (content type, extension of the stored copy).
-CONTAINERS: dict[str, tuple[str, str]] = {
-    "mp4": ("video/mp4", ".mp4"),
-    "mov": ("video/quicktime", ".mov"),
-    "mkv": ("video/x-matroska", ".mkv"),
-    "webm": ("video/webm", ".webm"),
-    "avi": ("video/x-msvideo", ".avi"),
-}
-ACCEPTED = "MP4, MOV, MKV, WebM or AVI"
-
-# The FFmpeg demuxer each container family is opened with, forced: a file is never handed
-# to FFmpeg's format probing, which would try every demuxer it was built with.
-ISO_BMFF, MATROSKA, AVI = "mov", "matroska", "avi"
-# Top-level boxes a QuickTime/MP4 file can start with (its size, then one of these at 4):
-# "ftyp" in every file since 2001, the others in older QuickTime files without it.
-ISO_BOXES = {b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip"}
-EBML_MAGIC = b"\x1a\x45\xdf\xa3"
-
 # The video codecs accepted, by FFmpeg's codec name (whichever decoder implements it:
 # AV1 is decoded by libdav1d): what cameras, phones and browsers record.
 CODECS = frozenset({"h264", "hevc", "vp8", "vp9", "av1", "mpeg4", "mjpeg", "mpeg2video"})
@@ -88,8 +78,6 @@ DECODER_HEADROOM = 2
 # A stream that yields no picture within this many packets is not one we can decode;
 # the bound keeps a garbage stream from being read to its end.
 PROBE_PACKETS = 300
-# How far into the file the EBML header (and its DocType) lies.
-HEADER_BYTES = 64
 # A video that does not declare its duration is measured by reading its packets. No real
 # video holds more than this many video packets per second of its timeline (240 fps slow
 # motion is the fastest common rate); beyond it, after the first STALL_PACKETS, the
@@ -97,11 +85,6 @@ HEADER_BYTES = 64
 # one timestamp is never read to its end.
 MAX_PACKET_RATE = 300
 STALL_PACKETS = 1000
-
-# ISO-BMFF brands of still images, which FFmpeg's mov demuxer also opens.
-STILL_IMAGE_BRANDS = {"heic", "heix", "heim", "heis", "mif1", "msf1", "avif", "avis"}
-
-Source = str | Path | IO[bytes]
 
 
 @dataclass(frozen=True)
@@ -152,33 +135,6 @@ def probe_video(source: Source, max_pixels: int, max_seconds: float) -> VideoInf
     finally:
         if not isinstance(source, str | Path):
             source.seek(0)
-
-
-def read_head(source: Source) -> bytes:
-    """The first ``HEADER_BYTES`` of a path or a file object (read from, and left at, its start)."""
-    if isinstance(source, str | Path):
-        with open(source, "rb") as stream:
-            return stream.read(HEADER_BYTES)
-    source.seek(0)
-    head = source.read(HEADER_BYTES)
-    source.seek(0)
-    return bytes(head)
-
-
-def sniff_container(head: bytes) -> str | None:
-    """The FFmpeg demuxer for a file starting with ``head`` (``"mov"``, ``"matroska"`` or
-    ``"avi"``), or None when it starts like none of the accepted containers.
-
-    Signatures: a QuickTime/MP4 box type at offset 4, the EBML magic 1A 45 DF A3 at 0,
-    "RIFF" at 0 with "AVI " at 8.
-    """
-    if head[4:8] in ISO_BOXES:
-        return ISO_BMFF
-    if head.startswith(EBML_MAGIC):
-        return MATROSKA
-    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
-        return AVI
-    return None
 
 
 def guard_decoder(stream: VideoStream, max_pixels: int) -> None:
@@ -255,33 +211,12 @@ def _inspect(
 
 
 def _container_name(container: InputContainer, demuxer: str, head: bytes) -> str:
-    """Our name (a key of ``CONTAINERS``) of a file opened with ``demuxer``."""
-    if demuxer == ISO_BMFF:  # one demuxer for MOV, MP4, 3GP, HEIF...: the ftyp brand tells
-        brand = container.metadata.get("major_brand", "").strip()
-        if brand in STILL_IMAGE_BRANDS:
-            raise NotAVideo(f"HEIF/AVIF images ({brand}) are not accepted; send {ACCEPTED}")
-        return "mov" if brand == "qt" else "mp4"
-    if demuxer == MATROSKA:  # one demuxer for both: the EBML DocType tells them apart
-        return "webm" if _ebml_doctype(head) == "webm" else "mkv"
-    return "avi"
-
-
-def _ebml_doctype(head: bytes) -> str | None:
-    """The DocType string of an EBML header ("matroska" or "webm"), if it is in ``head``."""
-    at = head.find(b"\x42\x82")
-    if at < 0 or at + 2 >= len(head):
-        return None
-    first = head[at + 2]
-    length = 1
-    while length <= 8 and not first & (0x80 >> (length - 1)):
-        length += 1
-    if length > 8:
-        return None
-    size = first & (0xFF >> length)
-    for byte in head[at + 3 : at + 2 + length]:
-        size = size << 8 | byte
-    start = at + 2 + length
-    return head[start : start + size].rstrip(b"\0").decode("ascii", "replace")
+    """Our name (a key of ``CONTAINERS``) of a file opened with ``demuxer``; HEIF/AVIF
+    still images, which the mov demuxer also opens, are refused by their ftyp brand."""
+    brand = container.metadata.get("major_brand", "").strip() if demuxer == ISO_BMFF else ""
+    if brand in STILL_IMAGE_BRANDS:
+        raise NotAVideo(f"HEIF/AVIF images ({brand}) are not accepted; send {ACCEPTED}")
+    return container_name(demuxer, head, brand)
 
 
 def _first_frame(container: InputContainer, stream: VideoStream) -> VideoFrame:
