@@ -3,7 +3,7 @@ the API process, which holds the broker's and Redis' credentials.
 
     check_upload (api/submissions.py)
       -> probe_untrusted(upload, settings)              here, in the API process
-           1. the leading bytes name an accepted container (common.videos.sniff_container),
+           1. the leading bytes name an accepted container (common.containers.sniff_container),
               else NotAVideo (415) without starting anything
            2. common.sandbox.run("common.probe", [path, max_pixels, max_seconds]):
               a child with the CV_PROBE_* limits, no environment, stdin closed
