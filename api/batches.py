@@ -3,6 +3,10 @@
 A batch is a JSON document in Redis (``cv:batch:<id>``) listing its members and
 their job ids; its progress is read from the jobs themselves. The download zip
 is built on request from the jobs' results and artifacts.
+
+A zip archive is refused whole, before any member is stored, when it is not a plain
+zip of a batch's size (``api.archives``); a member that is merely not an image fails
+alone.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import IO, Any
 import redis
 from kombu.exceptions import OperationalError
 
+from api.archives import extract, image_entries, open_zip
 from api.auth import Caller
 from api.errors import (
     ApiError,
@@ -29,18 +34,21 @@ from api.errors import (
     NotFound,
     PayloadTooLarge,
     ServiceUnavailable,
-    UnsupportedMediaType,
 )
 from api.services import Services
-from api.submissions import check_image, parse_request, refuse_if_unavailable, submit_image
+from api.storage_space import room_for
+from api.submissions import (
+    Request,
+    check_image,
+    parse_request,
+    refuse_if_unavailable,
+    submit_image,
+)
 from api.views import artifact_links, job_url
 from common.clock import now_iso
 from common.contract import DEFAULT_TENANT, STAGES, TERMINAL_STATES
 
 log = logging.getLogger(__name__)
-
-# Zip members that are never images: folder entries and the litter of desktop zippers.
-_SKIP = ("__MACOSX/", ".DS_Store", "Thumbs.db")
 
 
 def batch_url(batch_id: str) -> str:
@@ -67,43 +75,28 @@ def submit(
     limit = svc.settings.max_batch_files
     if len(files) > limit:
         raise PayloadTooLarge(f"{len(files)} files; a batch takes at most {limit}")
-    bundle = _open_zip(archive) if archive is not None else None
+    bundle = open_zip(archive, svc.settings) if archive is not None else None
     try:
-        entries = _entries(bundle) if bundle is not None else []
+        entries = image_entries(bundle) if bundle is not None else []
         if len(files) + len(entries) > limit:
             raise PayloadTooLarge(f"{len(entries)} files in the zip; a batch takes at most {limit}")
         size = sum(upload.seek(0, os.SEEK_END) for _, upload in files)
         size += sum(info.file_size for info in entries)
         for _, upload in files:
             upload.seek(0)
-        limits = svc.quotas.admit(request.tenant, len(files) + len(entries), size)
         batch_id = uuid.uuid4().hex
-        window = svc.settings.batch_window
-        members: list[dict[str, Any]] = []
-        for index, (filename, stream) in enumerate(_members(svc, files, bundle, entries)):
-            member: dict[str, Any] = {
-                "index": index,
-                "filename": filename,
-                "job_id": None,
-                "error": None,
-            }
-            try:
-                if isinstance(stream, ApiError):
-                    raise stream
-                header = check_image(svc, stream)
-                job = submit_image(
-                    svc, request, header, stream, filename, limits.active_jobs, (batch_id, window)
-                )
-                member["job_id"] = job["id"]
-            except ApiError as exc:
-                if isinstance(exc, ServiceUnavailable):
-                    _undo(svc, request.tenant, members)
-                    raise
-                member["error"] = exc.detail
-            except BaseException:
-                _undo(svc, request.tenant, members)
-                raise
-            members.append(member)
+        # The body holds its own size on the storage volume (api.uploads); the zip's members
+        # are new bytes on top of it, held while they are inflated and stored (507).
+        inflated = sum(info.file_size for info in entries)
+        with room_for(svc.storage, inflated, svc.settings.storage_min_free_bytes):
+            limits = svc.quotas.admit(request.tenant, len(files) + len(entries), size)
+            members = _store_members(
+                svc,
+                request,
+                _members(svc, files, bundle, entries),
+                limits.active_jobs,
+                (batch_id, svc.settings.batch_window),
+            )
     finally:
         if bundle is not None:
             bundle.close()
@@ -119,6 +112,43 @@ def submit(
     }
     svc.store.batches.create(batch)
     return batch
+
+
+def _store_members(
+    svc: Services,
+    request: Request,
+    streams: Iterator[tuple[str, IO[bytes] | ApiError]],
+    active_limit: int,
+    batch: tuple[str, int],
+) -> list[dict[str, Any]]:
+    """Submit each member as a job; one that cannot be processed is recorded with its error.
+
+    All or nothing when RabbitMQ or Redis fails part way (``_undo``).
+    """
+    members: list[dict[str, Any]] = []
+    for index, (filename, stream) in enumerate(streams):
+        member: dict[str, Any] = {
+            "index": index,
+            "filename": filename,
+            "job_id": None,
+            "error": None,
+        }
+        try:
+            if isinstance(stream, ApiError):
+                raise stream
+            header = check_image(svc, stream)
+            job = submit_image(svc, request, header, stream, filename, active_limit, batch)
+            member["job_id"] = job["id"]
+        except ApiError as exc:
+            if isinstance(exc, ServiceUnavailable):
+                _undo(svc, request.tenant, members)
+                raise
+            member["error"] = exc.detail
+        except BaseException:
+            _undo(svc, request.tenant, members)
+            raise
+        members.append(member)
+    return members
 
 
 def _undo(svc: Services, tenant: str, members: list[dict[str, Any]]) -> None:
@@ -137,22 +167,6 @@ def _undo(svc: Services, tenant: str, members: list[dict[str, Any]]) -> None:
         svc.storage.remove_job(tenant, job_id)
 
 
-def _open_zip(archive: IO[bytes]) -> zipfile.ZipFile:
-    try:
-        return zipfile.ZipFile(archive)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise UnsupportedMediaType("the archive is not a zip file") from exc
-
-
-def _entries(bundle: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
-    """The zip's files that may be images: folder entries and desktop litter left out."""
-    return [
-        info
-        for info in bundle.infolist()
-        if not info.is_dir() and not any(part in info.filename for part in _SKIP)
-    ]
-
-
 def _members(
     svc: Services,
     files: list[tuple[str, IO[bytes]]],
@@ -160,30 +174,8 @@ def _members(
     entries: list[zipfile.ZipInfo],
 ) -> Iterator[tuple[str, IO[bytes] | ApiError]]:
     yield from files
-    if bundle is None:
-        return
-    for info in entries:
-        name = PurePosixPath(info.filename).name
-        # The declared size is checked before inflating: a zip bomb is never expanded.
-        if info.file_size > svc.settings.max_upload_bytes:
-            yield (
-                name,
-                PayloadTooLarge(
-                    f"{info.file_size} bytes uncompressed; the limit is "
-                    f"{svc.settings.max_upload_bytes}"
-                ),
-            )
-            continue
-        try:
-            with bundle.open(info) as source:
-                data = source.read(svc.settings.max_upload_bytes + 1)
-        except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError) as exc:
-            yield name, UnsupportedMediaType(f"cannot extract this zip member: {exc}")
-            continue
-        with tempfile.SpooledTemporaryFile(max_size=4 << 20) as spooled:
-            spooled.write(data)
-            spooled.seek(0)
-            yield name, spooled
+    if bundle is not None:
+        yield from extract(bundle, entries, svc.settings.max_upload_bytes)
 
 
 def view(svc: Services, batch: dict[str, Any]) -> dict[str, Any]:

@@ -15,6 +15,10 @@ Two copies of a multipart body would otherwise sit in RAM or /tmp:
 ``SpoolCleanup`` closes (and so deletes) the body spools of a request when it
 ends, whatever way it ends; Flask closes the part files with its request.
 ``install(app, spool_dir)`` wires all three into a ``connexion.FlaskApp``.
+
+Before a body is spooled, its Content-Length is held on the storage volume
+(``api.storage_space.room_for``): a body that would leave the volume below
+``CV_STORAGE_MIN_FREE_BYTES`` free gets a 507 before a byte of it is written.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from __future__ import annotations
 import io
 import logging
 import tempfile
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from functools import partial
 from pathlib import Path
 from typing import IO, Any
@@ -39,6 +44,9 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.services import EXTENSION_KEY, Services
+from api.storage_space import room_for
+
 log = logging.getLogger(__name__)
 
 # Size of the pieces the body is written to disk in and replayed to Flask in.
@@ -46,10 +54,15 @@ CHUNK = 1 << 20
 # File parts up to this size stay in memory (a batch of many small images must
 # not hold one open file each); larger ones go to a named file in the spool dir.
 PART_MEMORY_MAX = 1 << 20
-# Scope key of the per-request list of body spools that SpoolCleanup closes.
+# Scope key of the per-request list of body spools (and holds of room on the storage
+# volume) that SpoolCleanup closes.
 SPOOLS = "cvjobs.upload_spools"
 # Flask config key of the directory file parts are spooled to.
 SPOOL_DIR_CONFIG = "UPLOAD_SPOOL_DIR"
+
+# Holds room on the storage volume for a body of this many bytes while it is spooled;
+# raises InsufficientStorage when there is none.
+Room = Callable[[int], AbstractContextManager[None]]
 
 
 def install(app: connexion.FlaskApp, spool_dir: Path) -> dict[str, Any]:
@@ -60,26 +73,37 @@ def install(app: connexion.FlaskApp, spool_dir: Path) -> dict[str, Any]:
     app.app.request_class = UploadRequest
     app.app.config[SPOOL_DIR_CONFIG] = spool_dir
     app.add_middleware(SpoolCleanup, position=MiddlewarePosition.BEFORE_VALIDATION)
-    return validator_map(spool_dir)
+    return validator_map(spool_dir, partial(_room_of_app, app))
 
 
-def validator_map(spool_dir: Path) -> dict[str, Any]:
-    """Connexion's body validators, with the multipart one spooling to ``spool_dir``.
+def validator_map(spool_dir: Path, room: Room | None = None) -> dict[str, Any]:
+    """Connexion's body validators, with the multipart one spooling to ``spool_dir``
+    (each body first holding its size with ``room``).
 
     Connexion replaces the whole ``"body"`` entry of its map with ours, so the
     JSON and form validators are carried over.
     """
     body = MediaTypeDict(VALIDATOR_MAP["body"])
-    body["multipart/form-data"] = partial(SpooledMultipartValidator, spool_dir=spool_dir)
+    body["multipart/form-data"] = partial(SpooledMultipartValidator, spool_dir=spool_dir, room=room)
     return {"body": body}
+
+
+def _room_of_app(app: connexion.FlaskApp, size: int) -> AbstractContextManager[None]:
+    """Room for ``size`` bytes on the storage of ``app``'s services (the ones its handlers
+    use, registered by ``create_app`` after ``install``)."""
+    svc: Services | None = app.app.extensions.get(EXTENSION_KEY)
+    if svc is None:
+        return nullcontext()
+    return room_for(svc.storage, size, svc.settings.storage_min_free_bytes)
 
 
 class SpooledMultipartValidator(MultiPartFormDataValidator):
     """Connexion's multipart validation, with the body kept on disk rather than in memory."""
 
-    def __init__(self, *, spool_dir: Path, **kwargs: Any) -> None:
+    def __init__(self, *, spool_dir: Path, room: Room | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.spool_dir = spool_dir
+        self.room = room
 
     @property
     def _form_parser_cls(self) -> type[MultiPartParser]:
@@ -95,7 +119,8 @@ class SpooledMultipartValidator(MultiPartFormDataValidator):
     async def wrap_receive(self, receive: Receive, *, scope: Scope) -> tuple[Receive, Scope]:
         """Validate the body while writing it to a spool file; replay it from that file."""
         headers = Headers(scope=scope)
-        if not int(headers.get("content-length", 0)):
+        declared = int(headers.get("content-length", 0))
+        if not declared:
             # As Connexion does: no Content-Length (chunked) counts as no body, so
             # the size limit checked on Content-Length cannot be dodged.
             default = self._schema.get("default")
@@ -103,10 +128,20 @@ class SpooledMultipartValidator(MultiPartFormDataValidator):
                 raise BadRequestProblem("RequestBody is required")
             receive, scope = self._insert_body(receive, body=default, scope=scope)
 
-        spool = _open_spool(self.spool_dir)
+        # The body's size stays held on the volume until the request ends: first the spool,
+        # then Flask's copy of the file part as the spool is replayed (for a moment both),
+        # then the stored upload. Requests at once never count the same free space.
+        held = ExitStack()
+        if self.room is not None:
+            held.enter_context(self.room(declared))
         spools = scope.get(SPOOLS)
+        try:
+            spool = _open_spool(self.spool_dir)
+        except BaseException:
+            held.close()
+            raise
         if isinstance(spools, list):
-            spools.append(spool)
+            spools += [spool, held]
         try:
             body = await self._parse(_copy_to(spool, receive), scope=scope)
             if not (body is None and self._nullable):
@@ -115,7 +150,10 @@ class SpooledMultipartValidator(MultiPartFormDataValidator):
             spool.seek(0)
         except BaseException:
             spool.close()
+            held.close()
             raise
+        if not isinstance(spools, list):
+            held.close()  # no SpoolCleanup to end the hold with the request
         return _replay(spool, size, receive), scope
 
 
@@ -139,7 +177,8 @@ class FieldsOnlyParser(MultiPartParser):
 
 
 class SpoolCleanup:
-    """ASGI middleware: closes the request's body spools when the request ends.
+    """ASGI middleware: closes the request's body spools, and ends its hold of room on the
+    storage volume, when the request ends.
 
     The replay closes a spool once Flask has read all of it; this catches the
     rest (errors, a handler that never reads the body, a client gone away).
@@ -152,7 +191,7 @@ class SpoolCleanup:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        spools: list[IO[bytes]] = []
+        spools: list[IO[bytes] | ExitStack] = []
         try:
             await self.app({**scope, SPOOLS: spools}, receive, send)
         finally:

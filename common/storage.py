@@ -9,6 +9,11 @@ the same storage directory.
 ``<storage_dir>/tmp/`` holds uploads while a request receives them (api/uploads.py):
 on the same filesystem as the jobs, so a received upload is linked into place,
 not copied.
+
+Free space: ``reserve`` holds room on the volume for an upload about to be written,
+refusing it (``StorageFull``) when it would leave less than a floor free; the
+workers' artifacts of jobs already admitted need that floor. The probe of free
+space is a collaborator (``free_space``), so tests hand in a full disk.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ import re
 import shutil
 import stat
 import tempfile
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
@@ -30,15 +36,37 @@ _TENANT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
+# Bytes free on the filesystem holding a path, for writers without root's reserve.
+FreeSpace = Callable[[Path], int]
+
+
+def disk_free(path: Path) -> int:
+    """``shutil.disk_usage(path).free``: what an unprivileged process may still write."""
+    return shutil.disk_usage(path).free
+
+
 class StorageKeyError(ValueError):
     """A key or name that would leave the job's directory."""
+
+
+class StorageFull(Exception):
+    """Writing ``size`` more bytes would leave less than ``floor`` free on the volume."""
+
+    def __init__(self, free: int, size: int, floor: int) -> None:
+        super().__init__(f"{free} bytes free, {size} to write, {floor} to keep free")
+        self.free, self.size, self.floor = free, size, floor
 
 
 class Storage:
     """The storage directory; all paths it hands out stay inside it."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, free_space: FreeSpace = disk_free) -> None:
         self.root = root
+        self.free_space = free_space
+        # Bytes held by ``reserve`` for writes in flight in this process: uploads received
+        # at once must not each count the same free space.
+        self._reserved = 0
+        self._lock = threading.Lock()
 
     @property
     def tmp_dir(self) -> Path:
@@ -68,6 +96,32 @@ class Storage:
         if not path.is_relative_to(self.root.resolve()):
             raise StorageKeyError(f"key outside storage: {key!r}")
         return path
+
+    @contextmanager
+    def reserve(self, size: int, floor: int) -> Iterator[None]:
+        """Hold ``size`` bytes of the volume while the block writes them.
+
+        Raises ``StorageFull`` (holding nothing) when writing them would leave less
+        than ``floor`` bytes free. Call it before an upload is written; once written,
+        the bytes count in the volume's own free space and the hold ends.
+        """
+        with self._lock:
+            free = self.free_space(self._probe()) - self._reserved
+            if free - size < floor:  # free may already be below the floor: size 0 fails too
+                raise StorageFull(free, size, floor)
+            self._reserved += size
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._reserved -= size
+
+    def _probe(self) -> Path:
+        """The storage root, or its nearest existing parent (same volume) before it exists."""
+        probe = self.root
+        while not probe.exists() and probe.parent != probe:
+            probe = probe.parent
+        return probe
 
     def write_stream(self, key: str, stream: IO[bytes], chunk_size: int = 1 << 20) -> int:
         """Copy the rest of ``stream`` to ``key`` atomically (temp file + rename).

@@ -3,6 +3,10 @@
 Images: the detections (already in original pixels) rendered on the original and
 the result written with the job's success. Videos: each chunk's frames rendered
 and encoded as a segment, then the finishing step (``video.finish``).
+
+A result over ``CV_MAX_RESULT_BYTES`` fails its job (kind ``input``) instead of
+going into Redis; detect-crops writes at most ``CV_MAX_CROPS`` crop files, of the
+most confident detections, and says so in the result when it left some out.
 """
 
 from __future__ import annotations
@@ -112,7 +116,12 @@ def postprocess_segment(ctx: WorkerContext, payload: ImagePayload) -> dict[str, 
 
 @job_step(TASK_POSTPROCESS_CROPS, "postprocess", final=True)
 def postprocess_crops(ctx: WorkerContext, payload: ImagePayload) -> dict[str, Any]:
-    """Each detection cropped (widened by ``margin``) into its own image, plus crops.json."""
+    """Each detection cropped (widened by ``margin``) into its own image, plus crops.json.
+
+    At most ``CV_MAX_CROPS`` crops, of the most confident detections: the job still
+    succeeds past it (every detection is in the result; those without a file have no
+    ``crop``), and its result and crops.json say ``truncated``.
+    """
     started = time.perf_counter()
     job_id, options = payload["job_id"], payload["options"]
     width, height = payload["image"]["width"], payload["image"]["height"]
@@ -120,10 +129,13 @@ def postprocess_crops(ctx: WorkerContext, payload: ImagePayload) -> dict[str, An
     image = _original(ctx, payload)
     items = detections.to_json()
     regions = widen(detections.xyxy, float(options["margin"]), width, height)
+    boxes = [artifacts.crop_box(region) for region in regions]
+    croppable = [index for index, box in enumerate(boxes) if box is not None]
+    limit = ctx.settings.max_crops
+    chosen = artifacts.most_confident(items, croppable, limit)
     written, manifest = [], []
-    for index, (item, region) in enumerate(zip(items, regions, strict=True)):
-        crop = artifacts.crop_box(region)
-        if crop is None:
+    for index, (item, crop) in enumerate(zip(items, boxes, strict=True)):
+        if crop is None or index not in chosen:
             continue
         x1, y1, x2, y2 = crop
         stem = artifacts.crop_stem("crop", index + 1, item["class_name"])
@@ -133,9 +145,15 @@ def postprocess_crops(ctx: WorkerContext, payload: ImagePayload) -> dict[str, An
         written.append(entry)
         item["crop"] = entry["name"]
         manifest.append({"file": entry["name"], "crop_box": [x1, y1, x2, y2], **item})
-    document = {"job_id": job_id, "crops": manifest}
+    summary = {
+        "written": len(manifest),
+        "detections": len(items),
+        "limit": limit,
+        "truncated": len(croppable) > len(manifest),
+    }
+    document = {"job_id": job_id, **summary, "crops": manifest}
     listing = artifacts.store(ctx, payload, "crops.json", json.dumps(document, indent=1).encode())
-    return _finish(ctx, payload, items, [listing, *written], started)
+    return _finish(ctx, payload, items, [listing, *written], started, {"crops": summary})
 
 
 def _original(ctx: WorkerContext, payload: ImagePayload) -> np.ndarray:
@@ -148,7 +166,10 @@ def _finish(
     detections: list[dict[str, Any]],
     written: list[dict[str, Any]],
     started: float,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """Store the result (with ``extra`` fields) and succeed the job; an oversized result
+    fails it instead."""
     job_id = payload["job_id"]
     timings = {**payload.get("timings", {}), "postprocess": round(time.perf_counter() - started, 4)}
     result = {
@@ -158,9 +179,11 @@ def _finish(
         "model": payload["model"],
         "options": payload["options"],
         "detections": detections,
+        **(extra or {}),
         "artifacts": artifacts.linked(job_id, written),
         "timings": timings,
     }
+    artifacts.refuse_large_result(result, ctx.settings.max_result_bytes)
     if not ctx.store.jobs.succeed(job_id, "postprocess", result, written):
         raise JobGone(job_id)
     return {"job_id": job_id, "pipeline": payload["pipeline"], "timings": timings}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 import zipfile
 from dataclasses import replace
 from pathlib import Path
@@ -11,6 +12,8 @@ from typing import Any
 import pytest
 
 from common.settings import Settings
+from tests.support.api import assert_problem
+from tests.support.images import png_bytes
 from tests.support.jobs import wait_until
 from tests.support.keys import StackKeys, headers
 
@@ -114,7 +117,9 @@ def test_too_many_files(
 ) -> None:
     from api.app import create_app
 
-    client = create_app(replace(stack_settings, max_batch_files=2)).test_client()
+    client = create_app(replace(stack_settings, max_batch_files=2)).test_client(
+        base_url="http://localhost"
+    )
     client.headers.update(headers(keys.acme))
     photo = (assets / "zidane.jpg").read_bytes()
     files = [("files", (f"{i}.jpg", photo, "image/jpeg")) for i in range(3)]
@@ -126,3 +131,83 @@ def test_too_many_files(
 def test_unknown_batch(api_client: Any) -> None:
     assert api_client.get("/v1/batches/" + "f" * 32).status_code == 404
     assert api_client.get("/v1/batches/" + "f" * 32 + "/download").status_code == 404
+
+
+def zip_of(members: dict[str, bytes], compression: int = zipfile.ZIP_STORED) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression) as bundle:
+        for name, data in members.items():
+            bundle.writestr(name, data)
+    return out.getvalue()
+
+
+def post_zip(client: Any, data: bytes) -> Any:
+    return client.post(
+        "/v1/batches",
+        files={"archive": ("photos.zip", data, "application/zip")},
+        data={"pipeline": "detect"},
+    )
+
+
+def jobs_total(client: Any) -> int:
+    return int(client.get("/v1/jobs", params={"limit": 1}).json()["total"])
+
+
+@pytest.mark.parametrize(
+    ("hostile", "status", "detail"),
+    [
+        ("bomb", 422, "over 100:1 (CV_MAX_MEMBER_RATIO)"),
+        ("polyglot", 422, "bytes before the zip"),
+        ("dotdot", 422, "zip entry 2 (of 2, in directory order) is refused: its name climbs"),
+        ("nul", 422, "its name holds a NUL byte"),
+        ("4k-name", 422, "its name is 4096 bytes, over 255"),
+    ],
+)
+def test_hostile_zips_are_refused_whole(
+    api_client: Any, assets: Path, hostile: str, status: int, detail: str
+) -> None:
+    photo = (assets / "zidane.jpg").read_bytes()
+    if hostile == "bomb":  # 4 MB of zeros deflate about 1000:1
+        data = zip_of({"zidane.jpg": photo, "black.bmp": bytes(4 << 20)}, zipfile.ZIP_DEFLATED)
+    elif hostile == "polyglot":
+        data = png_bytes(8, 8) + zip_of({"zidane.jpg": photo})
+    else:
+        name = {"dotdot": b"../../evil.jpg", "nul": b"evil.jpg\0.exe", "4k-name": b"a" * 4096}
+        stand_in = b"x" * len(name[hostile])
+        data = zip_of({"zidane.jpg": photo, stand_in.decode(): photo}).replace(
+            stand_in, name[hostile]
+        )
+    before = jobs_total(api_client)
+    response = post_zip(api_client, data)
+    assert_problem(response, status, detail)
+    assert jobs_total(api_client) == before  # not even the good member was submitted
+
+
+def test_a_zip_of_100000_entries_is_refused_at_once(api_client: Any) -> None:
+    data = zip_of(dict.fromkeys((f"{i:05x}.jpg" for i in range(100_000)), b""))
+    started = time.perf_counter()
+    response = post_zip(api_client, data)
+    seconds = time.perf_counter() - started
+    assert_problem(response, 413, "the zip holds 100000 entries")
+    assert seconds < 1, f"answered in {seconds:.2f} s"  # the 9 MB body included
+
+
+def test_uploads_are_refused_while_the_volume_is_nearly_full(
+    stack_settings: Settings, workers: Any, assets: Path, keys: StackKeys
+) -> None:
+    from api.app import create_app
+
+    # A floor no disk clears: the real volume's free space is asked.
+    settings = replace(stack_settings, storage_min_free_bytes=1 << 60)
+    client = create_app(settings).test_client(base_url="http://localhost")
+    client.headers.update(headers(keys.acme))
+    photo = (assets / "zidane.jpg").read_bytes()
+    before = jobs_total(client)
+    single = client.post(
+        "/v1/jobs", files={"file": ("z.jpg", photo, "image/jpeg")}, data={"pipeline": "detect"}
+    )
+    batch = post_zip(client, zip_of({"z.jpg": photo}))
+    for response in (single, batch):
+        assert_problem(response, 507, "CV_STORAGE_MIN_FREE_BYTES")
+        assert response.json()["title"] == "Insufficient Storage"
+    assert jobs_total(client) == before

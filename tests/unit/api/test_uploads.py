@@ -23,6 +23,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import Message
 
 from api.app import build_services, create_app
+from api.errors import InsufficientStorage
 from api.limits import BodySizeLimit
 from api.quotas import Limits
 from api.uploads import (
@@ -33,7 +34,7 @@ from api.uploads import (
     SpooledMultipartValidator,
 )
 from common.settings import Settings
-from common.storage import Storage
+from common.storage import Storage, StorageFull
 from tests.support.api import assert_problem, offline_app
 from tests.support.images import jpeg
 from tests.support.keys import OFFLINE_KEY, headers, offline_keys
@@ -85,7 +86,7 @@ def files_under(directory: Path) -> list[Path]:
 # --- the validator on its own -------------------------------------------------------
 
 
-def validator(spool_dir: Path) -> SpooledMultipartValidator:
+def validator(spool_dir: Path, room: Any = None) -> SpooledMultipartValidator:
     return SpooledMultipartValidator(
         schema=SCHEMA,
         required=True,
@@ -93,6 +94,7 @@ def validator(spool_dir: Path) -> SpooledMultipartValidator:
         strict_validation=True,
         uri_parser=OpenAPIURIParser([], {"schema": SCHEMA}),
         spool_dir=spool_dir,
+        room=room,
     )
 
 
@@ -184,6 +186,23 @@ def test_a_body_without_content_length_is_refused_unread(tmp_path: Path) -> None
         asyncio.run(validator(tmp_path).wrap_receive(never, scope=scope(None)))
 
 
+def test_a_body_without_room_on_the_volume_is_refused_unread(tmp_path: Path) -> None:
+    body = multipart({"pipeline": "detect"}, big_jpeg(CHUNK))
+    asked: list[int] = []
+
+    def no_room(size: int) -> Any:
+        asked.append(size)
+        raise InsufficientStorage("full")
+
+    async def never() -> Message:
+        raise AssertionError("the body must not be read")
+
+    with pytest.raises(InsufficientStorage):
+        asyncio.run(validator(tmp_path, no_room).wrap_receive(never, scope=scope(body)))
+    assert asked == [len(body)]  # the declared Content-Length
+    assert files_under(tmp_path) == [] and open_files_under(tmp_path) == []
+
+
 # --- through the whole app ---------------------------------------------------------
 
 
@@ -225,7 +244,7 @@ def test_upload_reaches_storage_byte_for_byte(
         replace(services, store=store, quotas=NoLimits()),  # type: ignore[arg-type]
         keys=offline_keys(),
     )
-    client = app.test_client()
+    client = app.test_client(base_url="http://localhost")
     client.headers.update(headers(OFFLINE_KEY))
     data = big_jpeg(size)
 
@@ -289,6 +308,92 @@ def test_chunked_upload_is_400(offline_client: Any) -> None:
         headers={"content-type": f"multipart/form-data; boundary={BOUNDARY}"},
     )
     assert_problem(response, 400, "RequestBody is required")
+
+
+FLOOR = 1 << 20
+
+
+@pytest.mark.parametrize(
+    ("path", "field", "size", "free", "status"),
+    [
+        ("/v1/jobs", "file", 10_000, FLOOR + 100_000, 503),  # fits: on to Redis (down)
+        ("/v1/jobs", "file", 200_000, FLOOR + 100_000, 507),  # its own size passes the floor
+        ("/v1/jobs", "file", 10_000, FLOOR - 1, 507),  # below the floor already
+        ("/v1/batches", "files", 200_000, FLOOR + 100_000, 507),
+    ],
+)
+def test_uploads_are_refused_while_the_volume_is_nearly_full(
+    offline_settings: Settings, path: str, field: str, size: int, free: int, status: int
+) -> None:
+    settings = replace(offline_settings, storage_min_free_bytes=FLOOR)
+    services = build_services(settings)
+    probed: list[Path] = []
+
+    def free_space(where: Path) -> int:
+        probed.append(where)
+        return free
+
+    storage = Storage(services.storage.root, free_space=free_space)
+    fakes: dict[str, Any] = {"store": RecordingStore(storage), "quotas": NoLimits()}
+    app = create_app(settings, replace(services, storage=storage, **fakes), keys=offline_keys())
+    client = app.test_client(base_url="http://localhost")
+    client.headers.update(headers(OFFLINE_KEY))
+
+    response = client.post(
+        path, files={field: ("x.jpg", big_jpeg(size), "image/jpeg")}, data={"pipeline": "detect"}
+    )
+
+    if status == 507:
+        assert_problem(response, 507, f"would leave less than {FLOOR} bytes free")
+        assert response.json()["title"] == "Insufficient Storage"
+    else:
+        assert_problem(response, 503, "Redis")
+    assert probed and all(p == storage.root for p in probed)
+    assert files_under(storage.root) == [] and open_files_under(storage.root) == []
+    if free >= FLOOR:  # the request's hold ended with it
+        with storage.reserve(free - FLOOR, FLOOR):
+            pass
+
+
+class RoomWatchingStore(RecordingStore):
+    """Records, while the handler stores the upload, which sizes another upload could hold."""
+
+    def __init__(self, storage: Storage, sizes: list[int]) -> None:
+        super().__init__(storage)
+        self.sizes = sizes
+        self.fits: list[bool] = []
+
+    def create(self, job_id: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        for size in self.sizes:
+            try:
+                with self.storage.reserve(size, FLOOR):
+                    self.fits.append(True)
+            except StorageFull:
+                self.fits.append(False)
+        return super().create(job_id, *args, **kwargs)
+
+
+def test_an_upload_holds_its_size_until_its_request_ends(offline_settings: Settings) -> None:
+    settings = replace(offline_settings, storage_min_free_bytes=FLOOR)
+    services = build_services(settings)
+    storage = Storage(services.storage.root, free_space=lambda _: FLOOR + 500_000)
+    body = big_jpeg(200_000)
+    # The rest once the body's request (the file and under 1 kB of envelope) is held.
+    store = RoomWatchingStore(storage, [500_000 - len(body) - 1000, 500_000 - len(body)])
+    fakes: dict[str, Any] = {"store": store, "quotas": NoLimits()}
+    app = create_app(settings, replace(services, storage=storage, **fakes), keys=offline_keys())
+    client = app.test_client(base_url="http://localhost")
+    client.headers.update(headers(OFFLINE_KEY))
+
+    response = client.post(
+        "/v1/jobs", files={"file": ("x.jpg", body, "image/jpeg")}, data={"pipeline": "detect"}
+    )
+
+    assert_problem(response, 503, "Redis")
+    assert store.stored == body
+    # While the handler stored it, the request still held its size: a second upload
+    # could have had the rest, not the whole 500 kB over the floor.
+    assert store.fits == [True, False]
 
 
 # --- Flask's part files --------------------------------------------------------------
