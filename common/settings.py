@@ -96,8 +96,9 @@ class Settings:
     video_chunk_bytes: int = 256 * 1024 * 1024
     video_window_chunks: int = 4
     job_ttl_seconds: int = 7 * 24 * 3600
-    # Heavy options: crop files one image job may write, and the largest result document
-    # (JSON bytes) a job may store in Redis; a job past either fails with kind "input".
+    # Heavy options: crop files one job writes (of its most confident detections or tracks;
+    # the rest are noted and the job succeeds), and the largest result document (JSON
+    # bytes) a job may store in Redis (a job past it fails with kind "input").
     max_crops: int = 100
     max_result_bytes: int = 16 * 1024 * 1024
     step_time_limit_seconds: int = 300

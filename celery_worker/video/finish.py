@@ -98,6 +98,7 @@ def finish(ctx: WorkerContext, payload: PlannedVideo) -> dict[str, Any]:
         "artifacts": artifacts.linked(job_id, written),
         "timings": timings,
     }
+    artifacts.refuse_large_result(result, ctx.settings.max_result_bytes)
     if not ctx.store.jobs.succeed(job_id, "postprocess", result, written):
         raise JobGone(job_id)
     shutil.rmtree(ctx.storage.job_dir(tenant, job_id) / "work", ignore_errors=True)
@@ -166,12 +167,18 @@ def _thumbnails(ctx: WorkerContext, payload: PlannedVideo) -> dict[str, Any] | N
 def _track_crops(
     ctx: WorkerContext, payload: PlannedVideo, plan: dict[str, Any], tracks: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    """detect-crops on a video: one crop per track, from its most confident detection."""
+    """detect-crops on a video: one crop per track, from its most confident detection; at
+    most ``CV_MAX_CROPS``, of the most confident tracks."""
     job_id, options = payload["job_id"], payload["options"]
     width, height = payload["size"]
     rotation = int(payload["video"].get("rotation") or 0)
     written, manifest = [], []
-    for track in tracks:
+    chosen = artifacts.most_confident(
+        [t["best"] for t in tracks], range(len(tracks)), ctx.settings.max_crops
+    )
+    for index, track in enumerate(tracks):
+        if index not in chosen:
+            continue
         best = track["best"]
         decoded = decode_chunk(
             ctx.storage.path(payload["input_key"]),
