@@ -65,8 +65,10 @@ def finish(ctx: WorkerContext, payload: PlannedVideo) -> dict[str, Any]:
     strip = _thumbnails(ctx, payload)
     if strip is not None:
         written.append(strip)
+    crops: dict[str, Any] | None = None
     if render == "postprocess.crops":
-        written.extend(_track_crops(ctx, payload, plan, tracks))
+        entries, crops = _track_crops(ctx, payload, plan, tracks)
+        written.extend(entries)
 
     record = ctx.store.jobs.get(job_id) or {}
     timings = {stage: round(float(record.get(f"busy:{stage}") or 0), 3) for stage in STAGES}
@@ -98,6 +100,8 @@ def finish(ctx: WorkerContext, payload: PlannedVideo) -> dict[str, Any]:
         "artifacts": artifacts.linked(job_id, written),
         "timings": timings,
     }
+    if crops is not None:
+        result["crops"] = crops
     artifacts.refuse_large_result(result, ctx.settings.max_result_bytes)
     if not ctx.store.jobs.succeed(job_id, "postprocess", result, written):
         raise JobGone(job_id)
@@ -166,9 +170,10 @@ def _thumbnails(ctx: WorkerContext, payload: PlannedVideo) -> dict[str, Any] | N
 
 def _track_crops(
     ctx: WorkerContext, payload: PlannedVideo, plan: dict[str, Any], tracks: list[dict[str, Any]]
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """detect-crops on a video: one crop per track, from its most confident detection; at
-    most ``CV_MAX_CROPS``, of the most confident tracks."""
+    most ``CV_MAX_CROPS``, of the most confident tracks. The artifacts, and what was left
+    out (the result's and crops.json's ``crops`` summary)."""
     job_id, options = payload["job_id"], payload["options"]
     width, height = payload["size"]
     rotation = int(payload["video"].get("rotation") or 0)
@@ -199,5 +204,11 @@ def _track_crops(
         entry = artifacts.store_image(ctx, payload, stem, image, options["output_format"])
         written.append(entry)
         manifest.append({"file": entry["name"], "crop_box": [x1, y1, x2, y2], "track": track})
-    listing = json.dumps({"job_id": job_id, "crops": manifest}, indent=1).encode()
-    return [artifacts.store(ctx, payload, "crops.json", listing), *written]
+    summary = {
+        "written": len(manifest),
+        "detections": len(tracks),
+        "limit": ctx.settings.max_crops,
+        "truncated": len(chosen) < len(tracks),
+    }
+    listing = json.dumps({"job_id": job_id, **summary, "crops": manifest}, indent=1).encode()
+    return [artifacts.store(ctx, payload, "crops.json", listing), *written], summary

@@ -51,7 +51,7 @@ def test_generated_client_submits_polls_and_downloads(
 ) -> None:
     from cvclient.api.jobs import create_job, get_artifact, get_job, get_result
     from cvclient.api.pipelines import list_pipelines
-    from cvclient.models import Job, JobState, JobSubmission, Problem, Result
+    from cvclient.models import Job, JobState, JobSubmission, PipelineName, Problem, Result
     from cvclient.types import File
 
     # The key as a Bearer token, the way generated clients authenticate.
@@ -72,7 +72,7 @@ def test_generated_client_submits_polls_and_downloads(
     with (assets / "zidane.jpg").open("rb") as photo:
         body = JobSubmission(
             file=File(payload=photo, file_name="zidane.jpg", mime_type="image/jpeg"),
-            pipeline="blur-faces",
+            pipeline=PipelineName("blur-faces"),  # the spec lists the configured pipelines
             blur_strength=70,
         )
         accepted = create_job.sync_detailed(client=client, body=body)
@@ -102,7 +102,7 @@ def test_generated_client_submits_polls_and_downloads(
             client=client,
             body=JobSubmission(
                 file=File(payload=photo, file_name="zidane.jpg", mime_type="image/jpeg"),
-                pipeline="detect",
+                pipeline=PipelineName("detect"),
                 blur_strength=70,
             ),
         )

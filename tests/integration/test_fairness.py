@@ -72,7 +72,9 @@ def test_a_batch_has_at_most_its_window_in_flight(
     from api.app import create_app
     from tests.support.keys import headers
 
-    client = create_app(replace(stack_settings, batch_window=2)).test_client(base_url="http://localhost")
+    client = create_app(replace(stack_settings, batch_window=2)).test_client(
+        base_url="http://localhost"
+    )
     client.headers.update(headers(keys.acme))
     photo = (assets / "zidane.jpg").read_bytes()
     files = [("files", (f"{i}.jpg", photo, "image/jpeg")) for i in range(5)]

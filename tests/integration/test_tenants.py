@@ -201,7 +201,9 @@ def test_auth_off_is_explicit_and_warned(
     from api.app import create_app
 
     with caplog.at_level(logging.WARNING, logger="api.app"):
-        client = create_app(replace(stack_settings, auth=False)).test_client(base_url="http://localhost")
+        client = create_app(replace(stack_settings, auth=False)).test_client(
+            base_url="http://localhost"
+        )
     assert any("CV_AUTH=false" in r.getMessage() for r in caplog.records)
     usage = client.get("/v1/usage")  # no key
     assert usage.status_code == 200 and usage.json()["tenant"] == "default"

@@ -223,8 +223,15 @@ def test_every_pipeline_runs_on_video(
     assert outputs[0].shape == (120, 160, 3)
     assert len(json.loads(artifact(api_client, job, "frames.json"))) == 20
     if pipeline == "detect-crops":
-        crops = json.loads(artifact(api_client, job, "crops.json"))["crops"]
-        assert len(crops) == len(result["tracks"])
+        listing = json.loads(artifact(api_client, job, "crops.json"))
+        crops, tracks = listing["crops"], result["tracks"]
+        # One crop per track, at most CV_MAX_CROPS, of the most confident tracks.
+        assert len(crops) == min(len(tracks), listing["limit"])
+        assert result["crops"]["truncated"] is (len(tracks) > listing["limit"])
+        kept = {crop["track"]["id"] for crop in crops}
+        confidence = {t["id"]: t["best"]["confidence"] for t in tracks}
+        left_out = [c for tid, c in confidence.items() if tid not in kept]
+        assert not left_out or min(confidence[t] for t in kept) >= max(left_out)
         for crop in crops:
             assert artifact(api_client, job, crop["file"])[:2] == b"\xff\xd8"
 

@@ -27,7 +27,7 @@ def stored_files(settings: Settings) -> list[Path]:
 @pytest.mark.parametrize(
     ("fields", "status", "detail"),
     [
-        ({"pipeline": "nope"}, 400, "unknown pipeline 'nope'; choose one of blur-faces, detect"),
+        ({"pipeline": "nope"}, 400, "'nope' is not one of ['detect', 'segment', 'blur-faces'"),
         ({}, 400, "'pipeline' is a required property"),
         ({"pipeline": "blur-faces", "confidence": "0.5"}, 400, "has no option 'confidence'"),
         ({"pipeline": "detect", "confidence": "1.5"}, 400, "1.5 is greater than the maximum"),

@@ -266,7 +266,7 @@ def test_upload_reaches_storage_byte_for_byte(
         ({"pipeline": "detect"}, 503, "Redis"),
         ({}, 400, "'pipeline' is a required property"),
         ({"pipeline": "detect", "colour": "red"}, 400, "colour"),
-        ({"pipeline": "nope"}, 400, "unknown pipeline 'nope'"),
+        ({"pipeline": "nope"}, 400, "'nope' is not one of ['detect'"),
     ],
 )
 def test_a_few_mb_upload_gets_the_usual_answers(
