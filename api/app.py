@@ -28,6 +28,7 @@ from api.auth import (
 from api.errors import PROBLEM_JSON, ApiError, BadRequest, ServiceUnavailable
 from api.hosts import HostAllowlist
 from api.limits import BodySizeLimit
+from api.paths import PathCharacters
 from api.quotas import Quotas
 from api.services import EXTENSION_KEY, Services
 from api.spec import load_spec
@@ -84,6 +85,7 @@ def create_app(
     app.add_error_handler(redis.RedisError, _redis_down)
     app.add_error_handler(OperationalError, _broker_down)
     app.add_error_handler(ClientDisconnect, _client_gone)
+    app.add_middleware(PathCharacters, position=MiddlewarePosition.BEFORE_EXCEPTION)
     app.add_middleware(
         HostAllowlist,
         position=MiddlewarePosition.BEFORE_EXCEPTION,

@@ -37,7 +37,11 @@ import flask
 from connexion.datastructures import MediaTypeDict
 from connexion.exceptions import BadRequestProblem
 from connexion.middleware import MiddlewarePosition
-from connexion.validators import VALIDATOR_MAP, MultiPartFormDataValidator
+from connexion.validators import (
+    VALIDATOR_MAP,
+    JSONRequestBodyValidator,
+    MultiPartFormDataValidator,
+)
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -85,7 +89,19 @@ def validator_map(spool_dir: Path, room: Room | None = None) -> dict[str, Any]:
     """
     body = MediaTypeDict(VALIDATOR_MAP["body"])
     body["multipart/form-data"] = partial(SpooledMultipartValidator, spool_dir=spool_dir, room=room)
+    body["*/*json"] = Utf8JSONValidator
     return {"body": body}
+
+
+class Utf8JSONValidator(JSONRequestBodyValidator):
+    """Connexion's JSON body validator, with a body that is not UTF-8 a 400, not a 500
+    (it decodes the bytes outside its own error handling)."""
+
+    async def _parse(self, stream: AsyncGenerator[bytes, None], scope: Scope) -> Any:
+        try:
+            return await super()._parse(stream, scope)
+        except UnicodeDecodeError as exc:
+            raise BadRequestProblem(detail=f"the body is not UTF-8 JSON: {exc.reason}") from exc
 
 
 def _room_of_app(app: connexion.FlaskApp, size: int) -> AbstractContextManager[None]:

@@ -56,3 +56,29 @@ def test_configured_names_are_served(offline_settings: Settings) -> None:
     client = offline_app(replace(offline_settings, allowed_hosts="cv.example.com"))
     assert client.get("/openapi.json", headers={"Host": "cv.example.com"}).status_code == 200
     assert client.get("/openapi.json", headers={"Host": "localhost"}).status_code == 400
+
+
+def test_a_path_with_a_control_character_is_a_400(offline_settings: Settings) -> None:
+    client = offline_app(offline_settings)
+    response = client.get("/v1/jobs/abc%0A")
+    assert response.status_code == 400
+    assert response.headers["content-type"] == "application/problem+json"
+    assert "control character" in response.json()["detail"]
+
+
+def test_a_json_body_that_is_not_utf8_is_a_400() -> None:
+    import asyncio
+    from collections.abc import AsyncGenerator
+
+    from connexion.exceptions import BadRequestProblem
+
+    from api.uploads import Utf8JSONValidator
+
+    async def body() -> AsyncGenerator[bytes, None]:
+        yield b'{"name": "\xff\xfe"}'
+
+    validator = Utf8JSONValidator(
+        schema={"type": "object"}, required=True, encoding="utf-8", strict_validation=True
+    )
+    with pytest.raises(BadRequestProblem, match="not UTF-8"):
+        asyncio.run(validator._parse(body(), {"type": "http"}))
