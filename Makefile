@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help install services start demo stop status reload models export-onnx migrate test lint bench bench-video bench-tenants bench-slow-clients clean
+.PHONY: help install services start demo stop status reload models export-onnx migrate test lint bench bench-video bench-tenants bench-slow-clients flower clean
 
 help:
 	@echo "make demo     install, start RabbitMQ, Redis, the API and 3 workers, run the sample job"
@@ -12,6 +12,7 @@ help:
 	@echo "make start    install and start the stack without the demo"
 	@echo "make stop     stop what make start / make demo started"
 	@echo "make status   what is running"
+	@echo "make flower   Flower (Celery's monitoring UI) on http://127.0.0.1:5555, user cvjobs"
 	@echo "make reload   restart the workers (new weights, new config); queued jobs wait"
 	@echo "make models   download the official YOLO weights (needs the internet)"
 	@echo "make export-onnx WEIGHTS=models/yolov8n.pt TASK=detect   export and register ONNX"
@@ -43,6 +44,9 @@ status:
 
 reload:
 	@scripts/stack.sh reload
+
+flower: install
+	@scripts/flower.sh
 
 models: install
 	$(PY) scripts/fetch_models.py

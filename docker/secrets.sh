@@ -1,7 +1,8 @@
 #!/bin/sh
-# The one-shot `secrets` service (docker-compose.yml): a random password for the broker and
-# one for Redis, each written once. A file already there is kept, so restarts and upgrades
-# never change a password; remove a file to have a new one made on the next start.
+# The one-shot `secrets` service (docker-compose.yml): a random password for the broker, one
+# for Redis and one for the Flower console, each written once. A file already there is
+# kept, so restarts and upgrades never change a password; remove a file to have a new one
+# made on the next start.
 #
 # Files are mode 0440, owned by this service's user and group 10002, which the services
 # that read them join (group_add in docker-compose.yml).
@@ -9,7 +10,7 @@ set -eu
 dir=${CV_SECRETS_DIR:-/run/cv-secrets}
 umask 0227
 
-for name in broker redis; do
+for name in broker redis flower; do
     file=$dir/$name.password
     if [ -s "$file" ]; then
         echo "secrets: $file kept"

@@ -65,9 +65,10 @@ def password(secrets: Path, name: str) -> str:
 def test_secrets_are_random_readable_by_group_only(secrets: Path) -> None:
     assert sorted(path.name for path in secrets.iterdir()) == [
         "broker.password",
+        "flower.password",
         "redis.password",
     ]
-    for name in ("broker", "redis"):
+    for name in ("broker", "redis", "flower"):
         assert re.fullmatch(r"[A-Za-z0-9]{32}", password(secrets, name))
         assert stat.S_IMODE((secrets / f"{name}.password").stat().st_mode) == 0o440
     assert password(secrets, "broker") != password(secrets, "redis")

@@ -1,0 +1,437 @@
+"""deploy/k8s: valid for the API server and KEDA, and hardened, checked offline.
+
+The kustomization is rendered by reading its resources (it uses no generators or
+transformers, and the renderer refuses one); where ``kubectl`` is installed its own
+``kubectl kustomize`` must give the same objects. Core kinds are validated by
+kubernetes-validate against Kubernetes' schemas (strict: no unknown field), the KEDA
+objects against the fields of KEDA's CRDs (keda-v2.16.schema.yaml beside this file).
+The policy checks below run on the manifests and on broken copies of them, so each is
+known to fail: every container non-root, read-only, without capabilities, with probes
+and resources; every worker Deployment scaled by a ScaledObject on exactly the queues
+of its ``-Q``; every Deployment under a PodDisruptionBudget; no Secret in the repository.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from common.contract import QUEUES
+from common.settings import REPO_ROOT, Settings
+
+K8S = REPO_ROOT / "deploy" / "k8s"
+# The oldest Kubernetes these manifests are written for (PodSecurity labels, policy/v1).
+KUBERNETES_VERSION = "1.32.0"
+KEDA_API = "keda.sh/v1alpha1"
+KEDA_SCHEMA = yaml.safe_load(Path(__file__).with_name("keda-v2.16.schema.yaml").read_text())
+NAMESPACE = "cvjobs"
+FULL_VERSION = re.compile(r":v?\d+\.\d+\.\d+[^:/]*$")
+
+Obj = dict[str, Any]
+
+
+def render(folder: Path = K8S) -> list[Obj]:
+    """The objects ``kubectl kustomize folder`` renders, for a kustomization of plain
+    resources (files, or folders with a kustomization of their own)."""
+    kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
+    unsupported = set(kustomization) - {"apiVersion", "kind", "resources"}
+    if unsupported:
+        raise ValueError(f"{folder}: this renderer knows no {sorted(unsupported)}")
+    objects: list[Obj] = []
+    for resource in kustomization["resources"]:
+        path = folder / resource
+        if path.is_dir():
+            objects += render(path)
+        else:
+            objects += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return objects
+
+
+def key(obj: Obj) -> tuple[str, str, str]:
+    return (obj["kind"], obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
+
+
+OBJECTS = render()
+CORE = [obj for obj in OBJECTS if obj["apiVersion"] != KEDA_API]
+KEDA = [obj for obj in OBJECTS if obj["apiVersion"] == KEDA_API]
+
+
+def of_kind(objects: list[Obj], kind: str) -> list[Obj]:
+    return [obj for obj in objects if obj["kind"] == kind]
+
+
+def containers(deployment: Obj) -> list[Obj]:
+    spec = deployment["spec"]["template"]["spec"]
+    return list(spec.get("initContainers", [])) + list(spec["containers"])
+
+
+def queues_of(container: Obj) -> set[str]:
+    """The queues of a ``celery ... worker -Q a,b`` command (none for another program)."""
+    command = [str(word) for word in container.get("command", []) + container.get("args", [])]
+    if "worker" not in command or "-Q" not in command:
+        return set()
+    return set(command[command.index("-Q") + 1].split(","))
+
+
+def matches(selector: Obj, labels: dict[str, str]) -> bool:
+    wanted = selector.get("matchLabels", {})
+    return bool(wanted) and all(labels.get(k) == v for k, v in wanted.items())
+
+
+def container_problems(where: str, container: Obj, pod: Obj) -> list[str]:
+    found = []
+    pod_security = pod.get("securityContext", {})
+    security = {**pod_security, **container.get("securityContext", {})}
+    if security.get("runAsNonRoot") is not True or security.get("runAsUser", 0) == 0:
+        found.append(f"{where}: may run as root (runAsNonRoot, runAsUser)")
+    if security.get("readOnlyRootFilesystem") is not True:
+        found.append(f"{where}: writable root file system")
+    if security.get("allowPrivilegeEscalation") is not False or security.get("privileged"):
+        found.append(f"{where}: may gain privileges")
+    capabilities = security.get("capabilities", {})
+    if "ALL" not in capabilities.get("drop", []) or capabilities.get("add"):
+        found.append(f"{where}: keeps capabilities (drop: [ALL], no add)")
+    if security.get("seccompProfile", {}).get("type") != "RuntimeDefault":
+        found.append(f"{where}: no RuntimeDefault seccomp profile")
+    if not FULL_VERSION.search(container["image"]) and "@sha256:" not in container["image"]:
+        found.append(f"{where}: image {container['image']!r} is not a full version")
+    for probe in ("readinessProbe", "livenessProbe"):
+        if probe not in container:
+            found.append(f"{where}: no {probe}")
+    resources = container.get("resources", {})
+    for part, names in (("requests", ("cpu", "memory")), ("limits", ("cpu", "memory"))):
+        missing = [name for name in names if name not in resources.get(part, {})]
+        if missing:
+            found.append(f"{where}: no resources.{part} of {', '.join(missing)}")
+    return found
+
+
+def deployment_problems(deployment: Obj, objects: list[Obj]) -> list[str]:
+    name = deployment["metadata"]["name"]
+    pod = deployment["spec"]["template"]["spec"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    found = []
+    if pod.get("automountServiceAccountToken") is not False:
+        found.append(f"{name}: mounts a service account token")
+    for container in containers(deployment):
+        found += container_problems(f"{name}/{container['name']}", container, pod)
+    if not any(
+        matches(pdb["spec"]["selector"], labels) for pdb in of_kind(objects, "PodDisruptionBudget")
+    ):
+        found.append(f"{name}: no PodDisruptionBudget")
+    queues = set().union(*(queues_of(c) for c in containers(deployment)))
+    if queues:
+        found += worker_problems(deployment, queues, objects)
+    return found
+
+
+def worker_problems(deployment: Obj, queues: set[str], objects: list[Obj]) -> list[str]:
+    name = deployment["metadata"]["name"]
+    found = []
+    if "replicas" in deployment["spec"]:
+        found.append(f"{name}: sets replicas, which its ScaledObject owns")
+    scalers = [
+        so
+        for so in of_kind(objects, "ScaledObject")
+        if so["spec"]["scaleTargetRef"]["name"] == name
+        and so["spec"]["scaleTargetRef"].get("kind", "Deployment") == "Deployment"
+    ]
+    if len(scalers) != 1:
+        return [*found, f"{name}: {len(scalers)} ScaledObjects, not one"]
+    auths = {obj["metadata"]["name"] for obj in of_kind(objects, "TriggerAuthentication")}
+    scaled = set()
+    for trigger in scalers[0]["spec"]["triggers"]:
+        if trigger["type"] != "rabbitmq" or trigger["metadata"].get("mode") != "QueueLength":
+            found.append(f"{name}: a trigger that is not a rabbitmq QueueLength")
+            continue
+        if trigger.get("authenticationRef", {}).get("name") not in auths:
+            found.append(f"{name}: a trigger without a TriggerAuthentication of this kustomization")
+        scaled.add(trigger["metadata"]["queueName"])
+    if scaled != queues:
+        found.append(f"{name}: scaled on {sorted(scaled)}, consumes {sorted(queues)}")
+    if "inference" in queues:
+        for container in containers(deployment):
+            if "nvidia.com/gpu" not in container.get("resources", {}).get("limits", {}):
+                found.append(f"{name}/{container['name']}: no nvidia.com/gpu limit")
+    return found
+
+
+def problems(objects: list[Obj]) -> list[str]:
+    """What breaks the rules of the module docstring in a list of objects."""
+    found = []
+    for obj in objects:
+        where = "/".join(key(obj)[::2])
+        if obj["kind"] == "Secret":
+            found.append(f"{where}: a Secret in the repository")
+        elif obj["kind"] != "Namespace" and obj["metadata"].get("namespace") != NAMESPACE:
+            found.append(f"{where}: not in namespace {NAMESPACE}")
+    for deployment in of_kind(objects, "Deployment"):
+        found += deployment_problems(deployment, objects)
+    targets = {obj["metadata"]["name"] for obj in of_kind(objects, "Deployment")}
+    for so in of_kind(objects, "ScaledObject"):
+        if so["spec"]["scaleTargetRef"]["name"] not in targets:
+            found.append(f"{so['metadata']['name']}: scales no Deployment of this kustomization")
+    return found
+
+
+def test_kubectl_kustomize_renders_the_same_objects() -> None:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed; the objects are read from the files")
+    result = subprocess.run(
+        [kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    rendered = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    assert sorted(rendered, key=key) == sorted(OBJECTS, key=key)
+
+
+def test_the_renderer_refuses_what_it_does_not_know(tmp_path: Path) -> None:
+    (tmp_path / "kustomization.yaml").write_text("resources: []\nnamespace: other\n")
+    with pytest.raises(ValueError, match="namespace"):
+        render(tmp_path)
+
+
+@pytest.mark.parametrize("obj", CORE, ids=["/".join(key(obj)[::2]) for obj in CORE])
+def test_core_objects_are_valid(obj: Obj) -> None:
+    kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("obj", KEDA, ids=["/".join(key(obj)[::2]) for obj in KEDA])
+def test_keda_objects_have_the_fields_of_the_crd(obj: Obj) -> None:
+    assert keda_errors(obj) == []
+
+
+def test_the_manifests_keep_the_policy() -> None:
+    assert problems(OBJECTS) == []
+
+
+def test_every_queue_has_one_worker_deployment() -> None:
+    consumed = [
+        queue
+        for deployment in of_kind(OBJECTS, "Deployment")
+        for container in containers(deployment)
+        for queue in queues_of(container)
+    ]
+    assert sorted(consumed) == sorted(QUEUES)
+
+
+def test_the_api_probes_are_the_health_operations() -> None:
+    (api,) = [d for d in of_kind(OBJECTS, "Deployment") if d["metadata"]["name"] == "cvjobs-api"]
+    container = containers(api)[0]
+    assert "api.server.ApiWorker" in container["command"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/health/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/health/live"
+    paths = yaml.safe_load((REPO_ROOT / "swagger" / "openapi.yaml").read_text())["paths"]
+    assert {"/health/ready", "/health/live"} <= set(paths)
+
+
+def secret_mounts(deployment: Obj) -> Iterator[tuple[str, set[str]]]:
+    """(mount path, file names) of each Secret volume a container mounts."""
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    for container in containers(deployment):
+        for mount in container.get("volumeMounts", []):
+            secret = volumes[mount["name"]].get("secret")
+            if secret is not None:
+                yield mount["mountPath"], {item["path"] for item in secret["items"]}
+
+
+def test_settings_log_in_with_the_mounted_passwords(tmp_path: Path) -> None:
+    (config,) = of_kind(OBJECTS, "ConfigMap")
+    env = dict(config["data"])
+    files = {env["CV_BROKER_PASSWORD_FILE"], env["CV_REDIS_PASSWORD_FILE"]}
+    for deployment in of_kind(OBJECTS, "Deployment"):
+        mounts = list(secret_mounts(deployment))
+        assert all(
+            any(str(Path(f).parent) == path and Path(f).name in names for path, names in mounts)
+            for f in files
+        ), deployment["metadata"]["name"]
+    for name in files:
+        (tmp_path / Path(name).name).write_text(f"{Path(name).stem}-Zq8wX3kP9rT2\n")
+    env = {k: v.replace("/run/cv-secrets", str(tmp_path)) for k, v in env.items()}
+    settings = Settings.from_env(env, Path("/nonexistent"))
+    assert (
+        settings.broker_url == "amqp://cvjobs:broker-Zq8wX3kP9rT2@rabbitmq.example.internal:5672//"
+    )
+    assert settings.redis_url == "redis://cvjobs:redis-Zq8wX3kP9rT2@redis.example.internal:6379/0"
+    settings.require_strong_secrets()
+
+
+def named(objects: list[Obj], kind: str, name: str) -> Obj:
+    (obj,) = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    return obj
+
+
+def container_of(objects: list[Obj], name: str) -> Obj:
+    return containers(named(objects, "Deployment", name))[0]
+
+
+def drop(mapping: Obj, field: str) -> None:
+    del mapping[field]
+
+
+Change = Callable[[list[Obj]], None]
+BROKEN: list[tuple[str, Change, str]] = [
+    (
+        "no readiness probe",
+        lambda o: drop(container_of(o, "cvjobs-worker-gpu"), "readinessProbe"),
+        "cvjobs-worker-gpu/worker: no readinessProbe",
+    ),
+    (
+        "no liveness probe",
+        lambda o: drop(container_of(o, "cvjobs-api"), "livenessProbe"),
+        "cvjobs-api/api: no livenessProbe",
+    ),
+    (
+        "no limits",
+        lambda o: drop(container_of(o, "cvjobs-worker-cpu")["resources"], "limits"),
+        "no resources.limits of cpu, memory",
+    ),
+    (
+        "root",
+        lambda o: named(o, "Deployment", "cvjobs-api")["spec"]["template"]["spec"][
+            "securityContext"
+        ].update(runAsUser=0),
+        "cvjobs-api/api: may run as root",
+    ),
+    (
+        "writable root",
+        lambda o: container_of(o, "cvjobs-worker-notify")["securityContext"].update(
+            readOnlyRootFilesystem=False
+        ),
+        "writable root file system",
+    ),
+    (
+        "a capability",
+        lambda o: container_of(o, "cvjobs-api")["securityContext"]["capabilities"].update(
+            add=["NET_ADMIN"]
+        ),
+        "keeps capabilities",
+    ),
+    (
+        "floating image",
+        lambda o: container_of(o, "cvjobs-api").update(image="cvjobs/api:latest"),
+        "is not a full version",
+    ),
+    (
+        "a queue unscaled",
+        lambda o: container_of(o, "cvjobs-worker-cpu")["command"].__setitem__(
+            5, "preprocess,postprocess,notify"
+        ),
+        "cvjobs-worker-cpu: scaled on ['postprocess', 'preprocess'], consumes",
+    ),
+    (
+        "a ScaledObject gone",
+        lambda o: o.remove(named(o, "ScaledObject", "cvjobs-worker-notify")),
+        "cvjobs-worker-notify: 0 ScaledObjects, not one",
+    ),
+    (
+        "no GPU",
+        lambda o: drop(
+            container_of(o, "cvjobs-worker-gpu")["resources"]["limits"], "nvidia.com/gpu"
+        ),
+        "no nvidia.com/gpu limit",
+    ),
+    (
+        "replicas beside KEDA",
+        lambda o: named(o, "Deployment", "cvjobs-worker-gpu")["spec"].update(replicas=1),
+        "sets replicas",
+    ),
+    (
+        "no PodDisruptionBudget",
+        lambda o: o.remove(named(o, "PodDisruptionBudget", "cvjobs-api")),
+        "cvjobs-api: no PodDisruptionBudget",
+    ),
+    (
+        "a committed Secret",
+        lambda o: o.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "x", "namespace": NAMESPACE},
+            }
+        ),
+        "Secret/x: a Secret in the repository",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"), [b[1:] for b in BROKEN], ids=[b[0] for b in BROKEN]
+)
+def test_the_policy_refuses(change: Change, expected: str) -> None:
+    objects = copy.deepcopy(OBJECTS)
+    change(objects)
+    found = problems(objects)
+    assert len(found) == 1 and expected in found[0], found
+
+
+def test_strict_validation_refuses_an_unknown_field() -> None:
+    deployment = copy.deepcopy(named(OBJECTS, "Deployment", "cvjobs-api"))
+    container = containers(deployment)[0]
+    container["readynessProbe"] = container.pop("readinessProbe")
+    with pytest.raises(kubernetes_validate.ValidationError, match="readynessProbe"):
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
+
+
+def rabbitmq_metadata(obj: Obj) -> Obj:
+    metadata: Obj = obj["spec"]["triggers"][0]["metadata"]
+    return metadata
+
+
+KEDA_BROKEN: list[tuple[str, Change, str]] = [
+    ("unknown spec field", lambda o: o[0]["spec"].update(minReplicas=1), "'minReplicas' was"),
+    (
+        "mode misspelt",
+        lambda o: rabbitmq_metadata(o[0]).update(mode="queueLength"),
+        "'queueLength' is not one of",
+    ),
+    ("value not a string", lambda o: rabbitmq_metadata(o[0]).update(value=4), "not of type"),
+    (
+        "unknown scaler parameter",
+        lambda o: rabbitmq_metadata(o[0]).update(queue="inference"),
+        "'queue' was unexpected",
+    ),
+    ("no queue", lambda o: drop(rabbitmq_metadata(o[0]), "queueName"), "'queueName' is a required"),
+    ("no target", lambda o: drop(o[0]["spec"], "scaleTargetRef"), "'scaleTargetRef' is a required"),
+    (
+        "negative replicas",
+        lambda o: o[0]["spec"].update(minReplicaCount=-1),
+        "less than the minimum",
+    ),
+    (
+        "secret ref without key",
+        lambda o: drop(o[1]["spec"]["secretTargetRef"][0], "key"),
+        "'key' is a required",
+    ),
+]
+
+
+def keda_errors(obj: Obj) -> list[str]:
+    schema = {**KEDA_SCHEMA, "$ref": f"#/$defs/{obj['kind']}"}
+    return [error.message for error in jsonschema.Draft202012Validator(schema).iter_errors(obj)]
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"), [b[1:] for b in KEDA_BROKEN], ids=[b[0] for b in KEDA_BROKEN]
+)
+def test_the_keda_schema_refuses(change: Change, expected: str) -> None:
+    objects = copy.deepcopy(
+        [
+            named(KEDA, "ScaledObject", "cvjobs-worker-gpu"),
+            of_kind(KEDA, "TriggerAuthentication")[0],
+        ]
+    )
+    change(objects)
+    errors = [message for obj in objects for message in keda_errors(obj)]
+    assert errors and all(expected in error for error in errors), errors
