@@ -132,3 +132,18 @@ class Busy(ServiceUnavailable):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": "1"}
+
+
+async def send_problem(send: Any, error: ApiError, close: bool = False) -> None:
+    """Answer ``error`` as problem+json straight from an ASGI middleware (``send`` is the
+    ASGI send callable), before Connexion or Flask see the request."""
+    body = error.body()
+    headers = [
+        (b"content-type", PROBLEM_JSON.encode()),
+        (b"content-length", str(len(body)).encode()),
+        *((k.lower().encode(), v.encode()) for k, v in error.headers().items()),
+    ]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.errors import PROBLEM_JSON, BadRequest
+from api.errors import BadRequest, send_problem
 
 
 def parse_hosts(text: str) -> tuple[str, ...]:
@@ -54,17 +54,7 @@ class HostAllowlist:
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
             return
-        body = BadRequest(
+        refused = BadRequest(
             "the Host header names a host this API does not serve (CV_ALLOWED_HOSTS)"
-        ).body()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 400,
-                "headers": [
-                    (b"content-type", PROBLEM_JSON.encode()),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
         )
-        await send({"type": "http.response.body", "body": body})
+        await send_problem(send, refused)

@@ -26,7 +26,7 @@ import asyncio
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import PROBLEM_JSON, ApiError, Busy, PayloadTooLarge, RequestTimeout
+from api.errors import ApiError, Busy, PayloadTooLarge, RequestTimeout, send_problem
 
 # Room for the multipart envelope and the small option fields around the file.
 MULTIPART_OVERHEAD = 64 * 1024
@@ -68,15 +68,16 @@ class BodySizeLimit:
             and declared.isdigit()
             and int(declared) > limit + MULTIPART_OVERHEAD
         ):
-            await _answer(send, _too_large(int(declared), what, limit, setting))
+            await send_problem(send, _too_large(int(declared), what, limit, setting), close=True)
             return
         if self.in_flight >= self.max_concurrent:
-            await _answer(
+            await send_problem(
                 send,
                 Busy(
                     f"{self.max_concurrent} uploads are being received by this server "
                     "(CV_MAX_CONCURRENT_UPLOADS); try again in a moment"
                 ),
+                close=True,  # the body is left unread
             )
             return
         self.in_flight += 1
@@ -170,7 +171,7 @@ class _GuardedBody:
 
     async def _refuse(self, error: ApiError) -> None:
         if not self.response_started:
-            await _answer(self._send, error)
+            await send_problem(self._send, error, close=True)
         self.answered = True
 
 
@@ -183,15 +184,3 @@ def _too_large(
         else (f"the request body is {size} bytes")
     )
     return PayloadTooLarge(f"{amount}; {what} are limited to {limit} bytes ({setting})")
-
-
-async def _answer(send: Send, error: ApiError) -> None:
-    body = error.body()
-    headers = [
-        (b"content-type", PROBLEM_JSON.encode()),
-        (b"content-length", str(len(body)).encode()),
-        (b"connection", b"close"),
-        *((k.lower().encode(), v.encode()) for k, v in error.headers().items()),
-    ]
-    await send({"type": "http.response.start", "status": error.status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

@@ -11,7 +11,7 @@ import re
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.errors import PROBLEM_JSON, BadRequest
+from api.errors import BadRequest, send_problem
 
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -24,15 +24,4 @@ class PathCharacters:
         if scope["type"] != "http" or not CONTROL.search(str(scope.get("path", ""))):
             await self.app(scope, receive, send)
             return
-        body = BadRequest("the path holds a control character").body()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 400,
-                "headers": [
-                    (b"content-type", PROBLEM_JSON.encode()),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await send_problem(send, BadRequest("the path holds a control character"))

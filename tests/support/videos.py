@@ -88,24 +88,27 @@ def rotated(
     return upright
 
 
+class MemoryPipe(io.RawIOBase):
+    """A write-only stream that keeps what it is given: a pipe PyAV cannot seek back in."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, chunk: Any) -> int:
+        self.data += chunk
+        return len(chunk)
+
+
 def live_recording(path: Path, seconds: float, fps: int) -> None:
     """A WebM written to a pipe, as a browser's MediaRecorder makes it: no duration, no index.
 
     Frame i shows a bar at column 4 * i.
     """
 
-    class Pipe(io.RawIOBase):
-        def __init__(self) -> None:
-            self.data = bytearray()
-
-        def writable(self) -> bool:
-            return True
-
-        def write(self, chunk: Any) -> int:
-            self.data += chunk
-            return len(chunk)
-
-    pipe = Pipe()
+    pipe = MemoryPipe()
     with av.open(pipe, "w", format="webm") as container:
         stream = container.add_stream("libvpx-vp9", rate=fps)
         stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"

@@ -10,7 +10,6 @@ import io
 import wave
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
 
 import av
 import numpy as np
@@ -18,7 +17,7 @@ import pytest
 
 from common.containers import CONTAINERS
 from common.videos import CODECS, STALL_PACKETS, NotAVideo, VideoUnprocessable, probe_video
-from tests.support.videos import live_recording, moving_shapes, rotated, truncate
+from tests.support.videos import MemoryPipe, live_recording, moving_shapes, rotated, truncate
 
 BIG = 10**9
 
@@ -196,7 +195,7 @@ def test_probe_measures_a_clock_that_advances(tmp_path: Path) -> None:
 def _frozen_mkv(frozen: int, moving: int) -> bytes:
     """Tiny MJPEG frames written to a pipe (no duration): ``frozen`` at pts 0, then
     ``moving`` 100 ms apart."""
-    out = _Pipe()  # not seekable, so the muxer writes no duration
+    out = MemoryPipe()  # not seekable, so the muxer writes no duration
     with av.open(out, "w", format="matroska") as container:
         stream = container.add_stream("mjpeg", rate=10)
         stream.width, stream.height, stream.pix_fmt = 16, 16, "yuvj420p"
@@ -210,15 +209,3 @@ def _frozen_mkv(frozen: int, moving: int) -> bytes:
             packet.pts = packet.dts = max(0, index - frozen + 1) * 100
             container.mux(packet)
     return bytes(out.data)
-
-
-class _Pipe(io.RawIOBase):
-    def __init__(self) -> None:
-        self.data = bytearray()
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, chunk: Any) -> int:
-        self.data += chunk
-        return len(chunk)
