@@ -1,9 +1,10 @@
 #!/bin/sh
 # Flower's entrypoint in docker-compose.yml: the broker URL with its password (built by
 # common/settings.py from CV_BROKER_URL and CV_BROKER_PASSWORD_FILE, as the workers build
-# it) and the console's credentials, user cvjobs and the generated flower password, all
-# through the environment (CELERY_BROKER_URL, FLOWER_BASIC_AUTH, FLOWER_BROKER_API), so no
-# password is on a command line; then `celery flower` with the options it was given.
+# it) and the console's credentials, user cvjobs and the generated flower password, both
+# through the environment (CELERY_BROKER_URL, FLOWER_BASIC_AUTH), so no password is on a
+# command line; then `celery flower` with the options it was given. Flower's Broker page
+# asks RabbitMQ's management API on the broker's host, port 15672, with the same user.
 set -eu
 secrets=${CV_SECRETS_DIR:-/run/cv-secrets}
 
@@ -14,14 +15,6 @@ if [ -z "$password" ]; then
     exit 1
 fi
 CELERY_BROKER_URL=$(python -m common.settings broker_url)
-# The Broker page reads queue depths from RabbitMQ's management API: the broker's user and
-# host, port 15672.
-case $CELERY_BROKER_URL in
-    amqp://* | amqps://*)
-        FLOWER_BROKER_API=$(printf '%s' "$CELERY_BROKER_URL" | sed -E \
-            's#^amqps?://([^@/]*@)?(\[[^]]*\]|[^:/]*)(:[0-9]+)?/.*#http://\1\2:15672/api/#')
-        export FLOWER_BROKER_API ;;
-esac
 FLOWER_BASIC_AUTH="cvjobs:$password"
 export CELERY_BROKER_URL FLOWER_BASIC_AUTH
 exec celery flower "$@"

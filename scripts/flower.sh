@@ -2,8 +2,10 @@
 # Flower, Celery's monitoring UI, for the stack of `make start`: http://127.0.0.1:5555
 # (loopback only), in the foreground (Ctrl-C stops it). Basic auth: user cvjobs and a
 # password generated on first run into var/secrets/flower.password (mode 0600). The
-# password, and the broker's in the management API URL of the Broker page, reach Flower
-# through its environment (FLOWER_BASIC_AUTH, FLOWER_BROKER_API), never its command line.
+# password reaches Flower through its environment (FLOWER_BASIC_AUTH), not its command
+# line; the broker's comes from the settings (common/settings.py), as the workers read it.
+# Flower's Broker page (queue depths) asks RabbitMQ's management API on the broker's host,
+# port 15672, with the broker's user and password.
 #    usage: scripts/flower.sh [FLOWER OPTIONS...]      (make flower; works from any directory)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,15 +21,7 @@ if [[ ! -s $FILE ]]; then
     echo "flower: generated the password in var/secrets/flower.password"
 fi
 FLOWER_BASIC_AUTH="cvjobs:$(cat "$FILE")"
-# The broker URL with its password, as the workers build it (common/settings.py); the
-# Broker page reads queue depths from RabbitMQ's management API: same user and host, 15672.
-broker=$("$BIN/python" -m common.settings broker_url)
 export FLOWER_BASIC_AUTH
-if [[ $broker == amqp://* || $broker == amqps://* ]]; then
-    FLOWER_BROKER_API=$(printf '%s' "$broker" | sed -E \
-        's#^amqps?://([^@/]*@)?(\[[^]]*\]|[^:/]*)(:[0-9]+)?/.*#http://\1\2:15672/api/#')
-    export FLOWER_BROKER_API
-fi
 echo "flower: http://127.0.0.1:5555 (user cvjobs, password in var/secrets/flower.password)"
 exec "$BIN/celery" --workdir "$ROOT" -A celery_worker.app flower --address=127.0.0.1 \
     --port=5555 "$@"

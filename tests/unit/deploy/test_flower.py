@@ -10,13 +10,9 @@ runs with a stand-in for ``celery`` that prints how it was started.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +22,7 @@ import requests
 import yaml
 
 from common.settings import REPO_ROOT
+from tests.support.flower import Flower, serve
 
 STAND_IN = '#!/bin/sh\necho "args: $*"\nenv | grep -E "^(CELERY|FLOWER)_" | sort\n'
 
@@ -76,84 +73,37 @@ def test_compose_entrypoint_passes_the_passwords_in_the_environment(tmp_path: Pa
         "args: flower --address=0.0.0.0",
         f"CELERY_BROKER_URL=amqp://cvjobs:{broker}@rabbitmq:5672//",
         f"FLOWER_BASIC_AUTH=cvjobs:{flower}",
-        f"FLOWER_BROKER_API=http://cvjobs:{broker}@rabbitmq:15672/api/",
     ]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
-def flower(tmp_path: Path) -> Iterator[tuple[str, Path, int]]:
-    """scripts/flower.sh started from a copy of the layout it expects (scripts/, .venv),
-    on a free port; (base URL, the copy's root, the pid of Flower)."""
-    (tmp_path / "scripts").mkdir()
-    script = tmp_path / "scripts" / "flower.sh"
-    script.write_text((REPO_ROOT / "scripts" / "flower.sh").read_text())
-    (tmp_path / ".venv").symlink_to(Path(sys.prefix))
-    port = free_port()
+def flower(tmp_path: Path) -> Iterator[Flower]:
     env = {
-        "PATH": os.environ["PATH"],
-        "HOME": str(tmp_path),
         "CV_ENV": "development",
         "CV_BROKER_URL": "memory://",
         "CV_BROKER_PASSWORD_FILE": "",
         "CV_REDIS_PASSWORD_FILE": "",
     }
-    process = subprocess.Popen(
-        ["bash", str(script), f"--port={port}"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(f"{url}/healthcheck", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                output = process.stdout.read() if process.stdout else b""
-                pytest.fail(f"flower did not start: {output.decode(errors='replace')}")
-            time.sleep(0.2)
-        yield url, tmp_path, process.pid
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=20)
-        if process.stdout:
-            process.stdout.close()
+    with serve(tmp_path, env) as running:
+        yield running
 
 
-def test_make_flower_serves_on_loopback_behind_basic_auth(
-    flower: tuple[str, Path, int],
-) -> None:
-    url, root, pid = flower
-    password_file = root / "var" / "secrets" / "flower.password"
+def test_make_flower_serves_on_loopback_behind_basic_auth(flower: Flower) -> None:
+    password_file = flower.root / "var" / "secrets" / "flower.password"
     assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
-    password = password_file.read_text()
-    assert len(password) >= 32
-    assert requests.get(f"{url}/", timeout=5).status_code == 401
-    assert (
-        requests.get(f"{url}/api/workers", auth=("cvjobs", "wrong"), timeout=5).status_code == 401
-    )
-    assert requests.get(f"{url}/", auth=("cvjobs", password), timeout=5).status_code == 200
-    command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    assert len(flower.password) >= 32
+    assert requests.get(f"{flower.url}/", timeout=5).status_code == 401
+    assert flower.get("/api/workers", password="wrong").status_code == 401
+    assert flower.get("/").status_code == 200
+    command = Path(f"/proc/{flower.pid}/cmdline").read_bytes().split(b"\0")
     assert b"--address=127.0.0.1" in command and b"celery_worker.app" in command
-    assert password.encode() not in b" ".join(command)
+    assert flower.password.encode() not in b" ".join(command)
     listening = {
         (conn.laddr.ip, conn.laddr.port)
-        for conn in psutil.Process(pid).net_connections(kind="inet")
+        for conn in psutil.Process(flower.pid).net_connections(kind="inet")
         if conn.status == psutil.CONN_LISTEN
     }
-    assert listening == {("127.0.0.1", int(url.rpartition(":")[2]))}
+    assert listening == {("127.0.0.1", int(flower.url.rpartition(":")[2]))}
 
 
 def test_the_flower_image_needs_only_the_settings_code() -> None:

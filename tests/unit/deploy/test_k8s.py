@@ -1,25 +1,20 @@
 """deploy/k8s: valid for the API server and KEDA, and hardened, checked offline.
 
-The kustomization is rendered by reading its resources (it uses no generators or
-transformers, and the renderer refuses one); where ``kubectl`` is installed its own
-``kubectl kustomize`` must give the same objects. Core kinds are validated by
-kubernetes-validate against Kubernetes' schemas (strict: no unknown field), the KEDA
-objects against the fields of KEDA's CRDs (keda-v2.16.schema.yaml beside this file).
-The policy checks below run on the manifests and on broken copies of them, so each is
-known to fail: every container non-root, read-only, without capabilities, with probes
-and resources; every worker Deployment scaled by a ScaledObject on exactly the queues
-of its ``-Q``; every Deployment under a PodDisruptionBudget; no Secret in the repository.
+The kustomization is rendered by reading its resources (tests/support/k8s.py); where
+``kubectl`` is installed its own ``kubectl kustomize`` must give the same objects. Core
+kinds are validated by kubernetes-validate against Kubernetes' schemas (strict: no unknown
+field), the KEDA objects against the fields of KEDA's CRDs (keda-v2.16.schema.yaml beside
+this file). The policy (tests/support/k8s.py) runs on the manifests and on broken copies
+of them, so each rule is known to fail; so does each schema.
 """
 
 from __future__ import annotations
 
 import copy
-import re
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import jsonschema
 import kubernetes_validate
@@ -28,160 +23,26 @@ import yaml
 
 from common.contract import QUEUES
 from common.settings import REPO_ROOT, Settings
+from tests.support.k8s import (
+    K8S,
+    NAMESPACE,
+    Obj,
+    containers,
+    key,
+    of_kind,
+    problems,
+    queues_of,
+    render,
+)
 
-K8S = REPO_ROOT / "deploy" / "k8s"
 # The oldest Kubernetes these manifests are written for (PodSecurity labels, policy/v1).
 KUBERNETES_VERSION = "1.32.0"
 KEDA_API = "keda.sh/v1alpha1"
 KEDA_SCHEMA = yaml.safe_load(Path(__file__).with_name("keda-v2.16.schema.yaml").read_text())
-NAMESPACE = "cvjobs"
-FULL_VERSION = re.compile(r":v?\d+\.\d+\.\d+[^:/]*$")
-
-Obj = dict[str, Any]
-
-
-def render(folder: Path = K8S) -> list[Obj]:
-    """The objects ``kubectl kustomize folder`` renders, for a kustomization of plain
-    resources (files, or folders with a kustomization of their own)."""
-    kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
-    unsupported = set(kustomization) - {"apiVersion", "kind", "resources"}
-    if unsupported:
-        raise ValueError(f"{folder}: this renderer knows no {sorted(unsupported)}")
-    objects: list[Obj] = []
-    for resource in kustomization["resources"]:
-        path = folder / resource
-        if path.is_dir():
-            objects += render(path)
-        else:
-            objects += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
-    return objects
-
-
-def key(obj: Obj) -> tuple[str, str, str]:
-    return (obj["kind"], obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
-
 
 OBJECTS = render()
 CORE = [obj for obj in OBJECTS if obj["apiVersion"] != KEDA_API]
 KEDA = [obj for obj in OBJECTS if obj["apiVersion"] == KEDA_API]
-
-
-def of_kind(objects: list[Obj], kind: str) -> list[Obj]:
-    return [obj for obj in objects if obj["kind"] == kind]
-
-
-def containers(deployment: Obj) -> list[Obj]:
-    spec = deployment["spec"]["template"]["spec"]
-    return list(spec.get("initContainers", [])) + list(spec["containers"])
-
-
-def queues_of(container: Obj) -> set[str]:
-    """The queues of a ``celery ... worker -Q a,b`` command (none for another program)."""
-    command = [str(word) for word in container.get("command", []) + container.get("args", [])]
-    if "worker" not in command or "-Q" not in command:
-        return set()
-    return set(command[command.index("-Q") + 1].split(","))
-
-
-def matches(selector: Obj, labels: dict[str, str]) -> bool:
-    wanted = selector.get("matchLabels", {})
-    return bool(wanted) and all(labels.get(k) == v for k, v in wanted.items())
-
-
-def container_problems(where: str, container: Obj, pod: Obj) -> list[str]:
-    found = []
-    pod_security = pod.get("securityContext", {})
-    security = {**pod_security, **container.get("securityContext", {})}
-    if security.get("runAsNonRoot") is not True or security.get("runAsUser", 0) == 0:
-        found.append(f"{where}: may run as root (runAsNonRoot, runAsUser)")
-    if security.get("readOnlyRootFilesystem") is not True:
-        found.append(f"{where}: writable root file system")
-    if security.get("allowPrivilegeEscalation") is not False or security.get("privileged"):
-        found.append(f"{where}: may gain privileges")
-    capabilities = security.get("capabilities", {})
-    if "ALL" not in capabilities.get("drop", []) or capabilities.get("add"):
-        found.append(f"{where}: keeps capabilities (drop: [ALL], no add)")
-    if security.get("seccompProfile", {}).get("type") != "RuntimeDefault":
-        found.append(f"{where}: no RuntimeDefault seccomp profile")
-    if not FULL_VERSION.search(container["image"]) and "@sha256:" not in container["image"]:
-        found.append(f"{where}: image {container['image']!r} is not a full version")
-    for probe in ("readinessProbe", "livenessProbe"):
-        if probe not in container:
-            found.append(f"{where}: no {probe}")
-    resources = container.get("resources", {})
-    for part, names in (("requests", ("cpu", "memory")), ("limits", ("cpu", "memory"))):
-        missing = [name for name in names if name not in resources.get(part, {})]
-        if missing:
-            found.append(f"{where}: no resources.{part} of {', '.join(missing)}")
-    return found
-
-
-def deployment_problems(deployment: Obj, objects: list[Obj]) -> list[str]:
-    name = deployment["metadata"]["name"]
-    pod = deployment["spec"]["template"]["spec"]
-    labels = deployment["spec"]["template"]["metadata"]["labels"]
-    found = []
-    if pod.get("automountServiceAccountToken") is not False:
-        found.append(f"{name}: mounts a service account token")
-    for container in containers(deployment):
-        found += container_problems(f"{name}/{container['name']}", container, pod)
-    if not any(
-        matches(pdb["spec"]["selector"], labels) for pdb in of_kind(objects, "PodDisruptionBudget")
-    ):
-        found.append(f"{name}: no PodDisruptionBudget")
-    queues = set().union(*(queues_of(c) for c in containers(deployment)))
-    if queues:
-        found += worker_problems(deployment, queues, objects)
-    return found
-
-
-def worker_problems(deployment: Obj, queues: set[str], objects: list[Obj]) -> list[str]:
-    name = deployment["metadata"]["name"]
-    found = []
-    if "replicas" in deployment["spec"]:
-        found.append(f"{name}: sets replicas, which its ScaledObject owns")
-    scalers = [
-        so
-        for so in of_kind(objects, "ScaledObject")
-        if so["spec"]["scaleTargetRef"]["name"] == name
-        and so["spec"]["scaleTargetRef"].get("kind", "Deployment") == "Deployment"
-    ]
-    if len(scalers) != 1:
-        return [*found, f"{name}: {len(scalers)} ScaledObjects, not one"]
-    auths = {obj["metadata"]["name"] for obj in of_kind(objects, "TriggerAuthentication")}
-    scaled = set()
-    for trigger in scalers[0]["spec"]["triggers"]:
-        if trigger["type"] != "rabbitmq" or trigger["metadata"].get("mode") != "QueueLength":
-            found.append(f"{name}: a trigger that is not a rabbitmq QueueLength")
-            continue
-        if trigger.get("authenticationRef", {}).get("name") not in auths:
-            found.append(f"{name}: a trigger without a TriggerAuthentication of this kustomization")
-        scaled.add(trigger["metadata"]["queueName"])
-    if scaled != queues:
-        found.append(f"{name}: scaled on {sorted(scaled)}, consumes {sorted(queues)}")
-    if "inference" in queues:
-        for container in containers(deployment):
-            if "nvidia.com/gpu" not in container.get("resources", {}).get("limits", {}):
-                found.append(f"{name}/{container['name']}: no nvidia.com/gpu limit")
-    return found
-
-
-def problems(objects: list[Obj]) -> list[str]:
-    """What breaks the rules of the module docstring in a list of objects."""
-    found = []
-    for obj in objects:
-        where = "/".join(key(obj)[::2])
-        if obj["kind"] == "Secret":
-            found.append(f"{where}: a Secret in the repository")
-        elif obj["kind"] != "Namespace" and obj["metadata"].get("namespace") != NAMESPACE:
-            found.append(f"{where}: not in namespace {NAMESPACE}")
-    for deployment in of_kind(objects, "Deployment"):
-        found += deployment_problems(deployment, objects)
-    targets = {obj["metadata"]["name"] for obj in of_kind(objects, "Deployment")}
-    for so in of_kind(objects, "ScaledObject"):
-        if so["spec"]["scaleTargetRef"]["name"] not in targets:
-            found.append(f"{so['metadata']['name']}: scales no Deployment of this kustomization")
-    return found
 
 
 def test_kubectl_kustomize_renders_the_same_objects() -> None:
