@@ -15,7 +15,7 @@ from connexion.middleware import MiddlewarePosition
 from kombu.exceptions import OperationalError
 from starlette.requests import ClientDisconnect
 
-from api import swagger_page, uploads
+from api import metrics, swagger_page, uploads
 from api.allow import AllowHeader
 from api.auth import (
     CHALLENGE,
@@ -53,6 +53,7 @@ def create_app(
         # The server's own configuration (gunicorn): refuse guessable passwords.
         settings = Settings.from_env()
         settings.require_strong_secrets()
+        metrics.serve_metrics_of_processes(settings)
     services = services or build_services(settings)
 
     spec = load_spec(settings, services.catalogue)
@@ -85,6 +86,7 @@ def create_app(
     app.add_error_handler(redis.RedisError, _redis_down)
     app.add_error_handler(OperationalError, _broker_down)
     app.add_error_handler(ClientDisconnect, _client_gone)
+    metrics.install(app, settings, services.store, spec)  # outermost: counts every answer
     app.add_middleware(PathCharacters, position=MiddlewarePosition.BEFORE_EXCEPTION)
     app.add_middleware(
         HostAllowlist,

@@ -13,6 +13,7 @@ from typing import Any
 
 from kombu.exceptions import OperationalError
 
+from api import metrics
 from api.auth import Caller
 from api.errors import Conflict, Forbidden, NotFound
 from api.services import Services
@@ -89,6 +90,7 @@ def delete(svc: Services, caller: Caller, job_id: str) -> None:
     if record["state"] in ACTIVE_STATES and svc.store.jobs.cancel(job_id):
         _revoke(svc, record.get("task_ids") or [])
         svc.store.jobs.release_bytes(tenant, job_id)
+        metrics.job_cancelled(record)
         after_end(svc.store, svc.celery, svc.catalogue.pipelines, record)  # its batch goes on
     else:
         svc.store.jobs.delete(job_id, tenant)

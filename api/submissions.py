@@ -17,6 +17,7 @@ from typing import IO, Any
 import redis
 from kombu.exceptions import OperationalError
 
+from api import metrics
 from api.auth import Caller
 from api.errors import (
     BadRequest,
@@ -261,6 +262,7 @@ def _enqueue(
     except BaseException:
         svc.storage.remove_job(tenant, job_id)
         raise
+    metrics.job_submitted(pipeline, tenant, job_id, input_info["kind"], bool(record["held"]))
     if record["held"]:
         return record  # published when a member before it ends
     try:

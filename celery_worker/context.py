@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from celery import Celery
 
+from celery_worker import metrics
 from celery_worker.models import ModelRegistry, configure_ultralytics, specs_from
 from common.batching import after_end
 from common.catalogue import Catalogue, load_catalogue
@@ -47,5 +48,7 @@ class WorkerContext:
 
     def ended(self, job_id: str) -> None:
         """The job succeeded or failed here: its batch's next member, and its callback."""
-        after_end(self.store, self.celery, self.catalogue.pipelines, self.store.jobs.get(job_id))
+        record = self.store.jobs.get(job_id)
+        metrics.job_ended(record)
+        after_end(self.store, self.celery, self.catalogue.pipelines, record)
         self.notify(job_id)

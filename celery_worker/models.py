@@ -13,6 +13,7 @@ import hashlib
 import importlib.metadata
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from celery_worker import metrics
 from celery_worker.errors import ModelUnavailable
 from common.catalogue import ModelConfig
 
@@ -109,7 +111,9 @@ class ModelRegistry:
             )
         preference = spec.config.device if spec.config and spec.config.device else None
         device = pick_device(preference or self.device_preference)
+        started = time.perf_counter()
         loaded: LoadedModel = spec.loader(spec, device)  # ModelUnavailable for bad weights
+        metrics.model_loaded(name, device, time.perf_counter() - started)
         self._loaded[name] = loaded
         log.info("loaded model %s on %s: %s", name, device, loaded.info)
         return loaded

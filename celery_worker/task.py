@@ -28,6 +28,7 @@ import redis
 from celery import Celery, Task
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
 
+from celery_worker import metrics
 from celery_worker.errors import ChunkAlreadyDone, JobGone, StepFailed
 
 if TYPE_CHECKING:
@@ -196,7 +197,10 @@ def _guarded(
             raise Ignore() from None
         _fail(ctx, payload, step, "internal", f"{type(exc).__name__}: {exc}")
         raise
-    out.setdefault("timings", {})[step] = round(time.perf_counter() - started, 4)
+    seconds = time.perf_counter() - started
+    out.setdefault("timings", {})[step] = round(seconds, 4)
+    queue = (task.request.delivery_info or {}).get("routing_key") or step
+    metrics.step_done(step, payload, seconds, str(queue))
     return out
 
 

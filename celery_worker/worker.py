@@ -24,6 +24,7 @@ from typing import Any
 
 from celery import Celery, signals
 
+from celery_worker import metrics
 from celery_worker.context import WorkerContext
 from celery_worker.task import register_tasks
 from celery_worker.upkeep import UpkeepTimer
@@ -78,6 +79,7 @@ class _Lifecycle:
         self.serves_inference = False
         self.upkeep: UpkeepTimer | None = None
         self.heartbeat_stop = threading.Event()
+        self.queues: list[str] = []
 
     def connect(self) -> None:
         signals.celeryd_init.connect(self.init, weak=False)
@@ -95,12 +97,15 @@ class _Lifecycle:
         if isinstance(queues, str):
             queues = queues.split(",")
         self.serves_inference = not queues or QUEUE_INFERENCE in queues
+        self.queues = list(queues)
+        metrics.init_service(self.app.settings, self.queues)
 
     def ready(self, sender: Any = None, **_: Any) -> None:
         if not self.serving or getattr(sender, "app", None) is not self.app:
             return
         self.upkeep = UpkeepTimer(self.app.context)
         self.upkeep.start()
+        metrics.start_exporter(self.app.settings, self.queues)
 
     def shutdown(self, **_: Any) -> None:
         if self.upkeep is not None:
@@ -148,6 +153,8 @@ class _Lifecycle:
 
     def process_shutdown(self, **_: Any) -> None:
         self.heartbeat_stop.set()
+        if self.serving:
+            metrics.child_exited()
         if self.serving and self.serves_inference:
             try:
                 self.app.context.store.workers.forget(_worker_name())

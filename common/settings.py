@@ -130,6 +130,25 @@ class Settings:
     quota_active_jobs: int = 1000
     quota_submissions_per_minute: int = 600
     quota_bytes: int = 50 * 1024**3
+    # Metrics (common/metrics.py). GET /metrics needs `Authorization: Bearer <token>` with
+    # this token (or the file's; empty: /metrics answers 401 to everyone): a scrape-only
+    # secret, so Prometheus never holds an API key.
+    metrics_token: str = ""
+    metrics_token_file: str = ""
+    # Where each service's processes keep their samples (prometheus-client's multiprocess
+    # files; one folder per running service, removed when it is gone).
+    metrics_dir: Path = Path("var/metrics")
+    # Each worker service's exporter: base port + the queue's place in preprocess,
+    # inference, postprocess, notify (9101..9104); 0: no exporter. Loopback by default.
+    worker_metrics_port: int = 9101
+    worker_metrics_host: str = "127.0.0.1"
+    # Tenants one process labels by name in the job counters; the rest are "other".
+    metrics_tenant_limit: int = 50
+    # Seconds the API keeps the queue depths and job counts it read for a scrape.
+    metrics_cache_seconds: float = 5.0
+    # Job events as JSON lines (common/logs.py): a file every process appends to, "-" for
+    # stderr, empty for the ordinary text logs.
+    event_log: str = "var/log/events.jsonl"
     # Every variable seen (.env under the environment), for ${NAME} in the config files.
     environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
@@ -175,6 +194,15 @@ class Settings:
             require_strong(self.env, self.broker_url, self.redis_url)
         except WeakSecret as exc:
             raise SettingsError(str(exc)) from exc
+
+    def scrape_token(self) -> str:
+        """The token GET /metrics wants: ``metrics_token``, else the first line of its file."""
+        if self.metrics_token or not self.metrics_token_file:
+            return self.metrics_token
+        try:
+            return self.resolve(Path(self.metrics_token_file)).read_text().strip()
+        except OSError as exc:
+            raise SettingsError(f"CV_METRICS_TOKEN_FILE: {exc}") from exc
 
     def _file(self, name: str) -> Path | None:
         return self.resolve(Path(name)) if name else None

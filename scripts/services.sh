@@ -61,6 +61,9 @@ install_missing() {
     command -v curl >/dev/null || missing+=(curl)
     # `docker-compose config` checks the compose files in the tests (no engine needed).
     command -v docker-compose >/dev/null || missing+=(docker-compose)
+    # Prometheus and promtool: the metrics integration test scrapes with a real one, and CI
+    # checks deploy/prometheus/ with promtool.
+    command -v prometheus >/dev/null || missing+=(prometheus)
     if (( ${#missing[@]} )); then
         echo "services: installing ${missing[*]} from Debian's packages"
         as_root apt-get update -qq

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from celery_worker import metrics
 from celery_worker.adapters import from_mtcnn, from_yolo
 from celery_worker.detections import Detections
 from celery_worker.imaging import faces_input
@@ -28,6 +29,7 @@ def detect_frames(
     out: list[Detections] = []
     for first in range(0, len(frames), batch):
         part = frames[first : first + batch]
+        metrics.batch_run(loaded.spec.name, len(part))
         if loaded.spec.task == "faces":
             out.extend(_faces(loaded, part, float(options["min_confidence"])))
         else:

@@ -28,6 +28,25 @@ VHOST = "cvjobs-test"
 MANAGEMENT = "http://127.0.0.1:15672/api"
 VENV_BIN = Path(sys.executable).parent
 UPKEEP_SECONDS = 2
+METRICS_TOKEN = f"metrics-{uuid.uuid4().hex}"
+
+
+def free_port_run(count: int) -> int:
+    """The first of ``count`` consecutive ports that are free now on 127.0.0.1."""
+    for _ in range(200):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = probe.getsockname()[1]
+        if base + count > 65535:
+            continue
+        try:
+            for port in range(base + 1, base + count):
+                with socket.socket() as other:
+                    other.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError(f"no {count} consecutive free ports")
 
 
 def _local() -> Settings:
@@ -131,6 +150,12 @@ def stack_environment(tmp: Path, weights: Path, segment_weights: Path) -> dict[s
         "CV_ULTRALYTICS_DIR": str(tmp / "ultralytics"),
         # Upkeep every 2 s, so the upkeep test sees it act within seconds.
         "CV_UPKEEP_SECONDS": str(UPKEEP_SECONDS),
+        # Metrics: a scrape token, exporters on free ports (a demo stack may hold 9101-9104),
+        # samples and job events under the test's folder.
+        "CV_METRICS_TOKEN": METRICS_TOKEN,
+        "CV_WORKER_METRICS_PORT": str(free_port_run(4)),
+        "CV_METRICS_DIR": str(tmp / "metrics"),
+        "CV_EVENT_LOG": str(tmp / "logs" / "events.jsonl"),
     }
     return env
 
