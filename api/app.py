@@ -26,6 +26,7 @@ from api.auth import (
     without_security,
 )
 from api.errors import PROBLEM_JSON, ApiError, BadRequest, ServiceUnavailable
+from api.events import EventEndpoints
 from api.hosts import HostAllowlist
 from api.limits import BodySizeLimit
 from api.paths import PathCharacters
@@ -107,6 +108,13 @@ def create_app(
         AuthContext, position=MiddlewarePosition.BEFORE_SECURITY, authenticator=authenticator
     )
     app.add_middleware(AllowHeader, position=MiddlewarePosition.BEFORE_EXCEPTION, spec=spec)
+    app.add_middleware(
+        EventEndpoints,
+        position=MiddlewarePosition.BEFORE_CONTEXT,
+        services=services,
+        authenticator=authenticator,
+        auth=settings.auth,
+    )
     _warm_broker(services)
     return app
 
@@ -114,7 +122,7 @@ def create_app(
 def build_services(settings: Settings) -> Services:
     storage_dir = settings.resolve(settings.storage_dir)
     storage_dir.mkdir(parents=True, exist_ok=True)
-    store = JobStore.from_url(settings.redis_url, settings.redis_prefix, settings.job_ttl_seconds)
+    store = JobStore.from_settings(settings)
     return Services(
         settings=settings,
         catalogue=load_catalogue(settings),

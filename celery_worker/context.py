@@ -33,9 +33,7 @@ class WorkerContext:
         return cls(
             settings=settings,
             catalogue=catalogue,
-            store=JobStore.from_url(
-                settings.redis_url, settings.redis_prefix, settings.job_ttl_seconds
-            ),
+            store=JobStore.from_settings(settings),
             storage=Storage(settings.resolve(settings.storage_dir)),
             models=ModelRegistry(specs_from(catalogue.models), settings.device),
             celery=celery,

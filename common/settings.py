@@ -124,6 +124,14 @@ class Settings:
     auth: bool = True
     # Seconds the API may answer from its memory of a key (a revoked key fails after this).
     key_cache_seconds: float = 2.0
+    # Live events (GET /v1/events, /v1/ws; common/events.py): how long a tenant's events
+    # are kept for clients reconnecting with Last-Event-ID, and at most how many; the
+    # heartbeat comment's period (proxies cut streams idle for 60 s and more); how long a
+    # WebSocket may take to send its key.
+    events_retention_seconds: int = 3600
+    events_max_per_tenant: int = 10_000
+    events_heartbeat_seconds: float = 15
+    events_auth_seconds: float = 5
     # Per-tenant limits unless the admin API sets others (0: no limit): jobs queued or
     # running (a video counts once), submissions per minute (a batch counts once), and
     # bytes stored (uploads and artifacts of jobs not yet expired or deleted).

@@ -5,8 +5,9 @@
 Without photos it uses the two that ship inside the ultralytics wheel (zidane.jpg,
 bus.jpg), plus a sample video it makes (a real face from zidane.jpg sliding across
 the frame, 6 s at 15 fps; `--no-video` skips it). Every file goes to `blur-faces`,
-and to `detect` when the workers have YOLO weights. Progress is printed as each job
-moves through its steps (for the video: frames done, percent, ETA); results and
+and to `detect` when the workers have YOLO weights. Progress comes from the event stream
+(``GET /v1/events?job=``, no polling), printed as each job moves through its steps (with
+their seconds; for the video: frames done, percent, fps, ETA); results and
 artifacts land in `<out>/<job id>-<pipeline>-<file>/`. The HTTP client is the stdlib;
 the sample video is made with ``celery_worker.samples`` (PyAV, OpenCV). The API's
 address comes from ``CV_API_BIND`` (``common.settings``), the output folder is under
@@ -22,14 +23,14 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from celery_worker.samples import face_crop, sliding_face, ultralytics_assets
 from common.settings import REPO_ROOT, Settings
 
-TERMINAL = ("succeeded", "failed", "cancelled")
-POLL_SECONDS = 0.2
+TERMINAL_EVENTS = ("job.succeeded", "job.failed", "job.cancelled")
 # The demo tenant's key, made once and kept here (only its hash is in Redis).
 KEY_FILE = REPO_ROOT / "var" / "demo-key"
 KEY: dict[str, str] = {}  # the header every call sends
@@ -85,29 +86,57 @@ def submit(api: str, photo: Path, pipeline: str) -> dict[str, Any]:
     return job
 
 
+def events(api: str, job_id: str, timeout: float) -> Iterator[dict[str, Any]]:
+    """The job's events from ``GET /v1/events?job=``, as they happen (Server-Sent Events).
+
+    ``Last-Event-ID: 0-0`` replays those that came before the stream opened (the job
+    may already be running by then).
+    """
+    url = f"{api}/v1/events?job={job_id}"
+    headers = {**KEY, "Accept": "text/event-stream", "Last-Event-ID": "0-0"}
+    request = urllib.request.Request(url, headers=headers)
+    with urllib.request.urlopen(request, timeout=timeout) as stream:
+        data: list[str] = []
+        for raw in stream:
+            line = raw.decode().rstrip("\n")
+            if line.startswith("data: "):
+                data.append(line[6:])
+            elif not line and data:  # a blank line ends a message; ": ..." is a heartbeat
+                yield json.loads("\n".join(data))
+                data = []
+
+
 def follow(api: str, job: dict[str, Any], label: str, timeout: float = 120) -> dict[str, Any]:
-    """Poll the job, printing each change of state or step."""
+    """Print the job's events as they arrive (steps with their seconds, video progress)
+    until it ends; then read the job once."""
     started = time.monotonic()
-    seen = None
-    while True:
-        job = get_json(f"{api}/v1/jobs/{job['id']}")
-        progress = job.get("progress") or {}
-        now = (job["state"], job.get("step"), progress.get("frames_done"))
-        if now != seen:
-            step = f" ({job['step']})" if job.get("step") else ""
-            if progress:
-                eta = progress.get("eta_seconds")
-                step += (
-                    f" {progress['frames_done']}/{progress['frames_total']} frames"
-                    f" {progress['percent']}%" + (f", ETA {eta:.0f} s" if eta else "")
-                )
-            print(f"  {label}: {job['state']}{step}  +{time.monotonic() - started:.2f} s")
-            seen = now
-        if job["state"] in TERMINAL:
-            return job
-        if time.monotonic() - started > timeout:
-            raise SystemExit(f"{label}: still {job['state']} after {timeout} s; see var/log/")
-        time.sleep(POLL_SECONDS)
+    try:
+        for event in events(api, job["id"], timeout):
+            print(f"  {label}: {describe_event(event)}  +{time.monotonic() - started:.2f} s")
+            if event["type"] in TERMINAL_EVENTS:
+                break
+    except TimeoutError:
+        raise SystemExit(f"{label}: no event for {timeout} s; see var/log/") from None
+    final: dict[str, Any] = get_json(f"{api}/v1/jobs/{job['id']}")
+    return final
+
+
+def describe_event(event: dict[str, Any]) -> str:
+    data = event["data"]
+    kind: str = event["type"]
+    if kind.startswith("step."):
+        seconds = data.get("seconds")
+        return f"{kind} {data['step']}" + (f" ({seconds:.2f} s)" if seconds is not None else "")
+    if kind == "job.progress":
+        eta = data.get("eta_seconds")
+        return (
+            f"{data['frames_done']}/{data['frames_total']} frames {data['percent']}%"
+            + (f", {data['frames_per_second']} fps" if data.get("frames_per_second") else "")
+            + (f", ETA {eta:.0f} s" if eta is not None else "")
+        )
+    if kind == "job.failed":
+        return f"{kind} ({data.get('kind')}: {data.get('detail')})"
+    return kind
 
 
 def save(api: str, job: dict[str, Any], folder: Path) -> dict[str, Any]:

@@ -47,7 +47,13 @@ class Batches(StorePart):
         self._fill = self.redis.register_script(_FILL)
 
     def create(self, batch: dict[str, Any]) -> None:
-        self.redis.set(self.keys.batch(batch["id"]), json.dumps(batch), ex=self.ttl)
+        counts = self.keys.batch_counts(batch["id"])
+        total = sum(1 for m in batch.get("members", []) if m.get("job_id"))
+        with self.redis.pipeline() as pipe:
+            pipe.set(self.keys.batch(batch["id"]), json.dumps(batch), ex=self.ttl)
+            pipe.hset(counts, "total", total)  # members ended so far count already
+            pipe.expire(counts, self.ttl)
+            pipe.execute()
 
     def get(self, batch_id: str) -> dict[str, Any] | None:
         raw = self.redis.get(self.keys.batch(batch_id))

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 
 from common.clock import now_iso
+from common.contract import STAGES
+from common.events import EventLog
 from common.jobstore.keys import StorePart
 
 # Several fields of a job hash at once (a JSON object), never recreating a deleted record.
@@ -34,6 +36,8 @@ return redis.call('SCARD', KEYS[2])
 
 
 class ChunkLedger(StorePart):
+    events: EventLog | None = None  # JobStore passes its own (video progress events)
+
     def __post_init__(self) -> None:
         self._hset_many_if_exists = self.redis.register_script(_HSET_MANY_IF_EXISTS)
         self._chunk_done = self.redis.register_script(_CHUNK_DONE)
@@ -51,12 +55,18 @@ class ChunkLedger(StorePart):
         Returns how many chunks the stage has done, or -1 when the job is no longer
         running (cancelled, failed, deleted): the chunk's work is moot then.
         """
-        return int(
+        done = int(
             self._chunk_done(
                 keys=[self.keys.job(job_id), self.keys.chunks(job_id, stage)],
                 args=[index, frames, stage, f"{seconds:.4f}", now_iso(), self.ttl],
             )
         )
+        if done >= 0 and stage == STAGES[-1] and self.events is not None:
+            # Frames are done once out of the last stage; one event a job per half second.
+            record = self.redis.hgetall(self.keys.job(job_id))
+            if record.get("id"):
+                self.events.progress(record)
+        return done
 
     def count(self, job_id: str, stage: str) -> int:
         """How many chunks ``stage`` has done."""

@@ -18,6 +18,8 @@ key                                type    what
                                            the sizes of ``queued`` and ``running``)
 ``cv:t:<tenant>:usage``            hash    ``bytes``: what the tenant's jobs hold in storage
 ``cv:t:<tenant>:job-bytes``        hash    job id -> bytes it holds (released on delete)
+``cv:t:<tenant>:events``           stream  the tenant's job events, capped by age and
+                                           length (``common.events``)
 ``cv:rate:...``                    string  the submissions-per-minute windows (``limits``)
 ``cv:unpublished``                 zset    jobs recorded whose first step the API has not
                                            yet seen published; upkeep re-publishes the old
@@ -31,6 +33,9 @@ key                                type    what
 ``cv:batch:<id>:flight``           set     members in flight (at most the window)
 ``cv:batch:<id>:window``           string  how many may be in flight (``CV_BATCH_WINDOW``)
 ``cv:batches:held``                set     batches with held members (upkeep's to watch)
+``cv:batch:<id>:counts``           hash    its members ended, by state, and ``total``
+                                           (the ``batch.progress`` events)
+``cv:job:<id>:progress-tick``      string  held for 0.5 s after a progress event
 ``cv:workers``                     hash    one JSON report per inference worker process:
                                            its models, and when the report goes stale
                                            (``workers``); read on every submission
@@ -90,6 +95,15 @@ class Keys:
 
     def job_bytes(self, tenant: str) -> str:
         return f"{self.prefix}:t:{tenant}:job-bytes"
+
+    def events(self, tenant: str) -> str:
+        return f"{self.prefix}:t:{tenant}:events"
+
+    def batch_counts(self, batch_id: str) -> str:
+        return f"{self.prefix}:batch:{batch_id}:counts"
+
+    def progress_tick(self, job_id: str) -> str:
+        return f"{self.job(job_id)}:progress-tick"
 
     def rate_prefix(self) -> str:
         return f"{self.prefix}:rate"

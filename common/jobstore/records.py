@@ -14,6 +14,7 @@ from typing import Any
 
 from common.clock import iso, now_iso
 from common.contract import DEFAULT_TENANT, JobState
+from common.events import EventLog, entry
 from common.jobstore.transitions import JobTransitions, decode
 
 # A new record, unless the tenant has ``limit`` jobs queued or running already (0: no
@@ -86,6 +87,7 @@ class JobRecords(JobTransitions):
         self._hincr_if_exists = self.redis.register_script(_HINCR_IF_EXISTS)
         self._create = self.redis.register_script(_CREATE)
         self._release = self.redis.register_script(_RELEASE)
+        self.events = EventLog(self.redis, self.keys)  # JobStore passes its own
 
     # create and publish ----------------------------------------------------------
     def create(
@@ -171,6 +173,10 @@ class JobRecords(JobTransitions):
         )
         if not created:
             raise OverLimit(f"{active_limit} jobs of tenant {tenant!r} are queued or running")
+        # After the script, before the first step is published: no event of this job
+        # can come before it.
+        data = {"pipeline": pipeline, "state": "queued", "held": created == 2}
+        self.events.append(tenant, entry("job.created", job_id, batch_id, data, submitted))
         return decode({**record, "held": "1" if created == 2 else ""})
 
     def published(self, job_id: str) -> None:

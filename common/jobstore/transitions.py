@@ -4,7 +4,8 @@ A record is created ``queued`` (``records``) and moves through ``running`` to on
 the terminal states. Every change is a WATCH/MULTI transaction (``_transition``)
 that refuses to leave a terminal state, so a worker finishing late can never revive
 a cancelled job, and moves the id between the per-state lists in the same
-transaction.
+transaction. The change's event (``common.events``) is appended to the tenant's
+stream in that transaction too, so the stream's order is the order of the changes.
 """
 
 from __future__ import annotations
@@ -16,10 +17,13 @@ from typing import Any
 
 from common.clock import now_iso
 from common.contract import ACTIVE_STATES, DEFAULT_TENANT, JobState
+from common.events import TERMINAL_EVENTS, EventLog, entry, step_seconds
 from common.jobstore.keys import StorePart
 
 # What a transition writes: the record as it is -> the fields to change.
 Update = Callable[[dict[str, Any]], dict[str, str]]
+# What it reports: the record as it is, the fields changed -> (event type, data) pairs.
+Report = Callable[[dict[str, Any], dict[str, str]], list[tuple[str, dict[str, Any]]]]
 
 _JSON_FIELDS = ("options", "input", "steps", "task_ids", "artifacts", "error")
 _OPTIONAL_FIELDS = (
@@ -37,6 +41,8 @@ _OPTIONAL_FIELDS = (
 class JobTransitions(StorePart):
     """The state changes of ``JobRecords`` (which adds creating, reading and deleting)."""
 
+    events: EventLog
+
     def step_started(self, job_id: str, step: str) -> bool:
         """Mark ``step`` running. False when the job is gone, cancelled or failed."""
 
@@ -44,13 +50,13 @@ class JobTransitions(StorePart):
             steps = _mark_step(record["steps"], step, "started_at")
             return {"step": step, "steps": json.dumps(steps)}
 
-        return self._transition(job_id, ACTIVE_STATES, "running", update)
+        return self._transition(job_id, ACTIVE_STATES, "running", update, report=_started(step))
 
     def step_finished(self, job_id: str, step: str) -> bool:
         def update(record: dict[str, Any]) -> dict[str, str]:
             return {"steps": json.dumps(_mark_step(record["steps"], step, "finished_at"))}
 
-        return self._transition(job_id, ("running",), "running", update)
+        return self._transition(job_id, ("running",), "running", update, report=_finished(step))
 
     def stage_started(self, job_id: str, stage: str) -> bool:
         """Mark a video's ``stage`` running (once: later chunks keep its start).
@@ -62,30 +68,36 @@ class JobTransitions(StorePart):
         def update(record: dict[str, Any]) -> dict[str, str]:
             steps = record["steps"]
             names = [s["name"] for s in steps]
-            entry = steps[names.index(stage)]
+            stage_entry = steps[names.index(stage)]
             fields: dict[str, str] = {"active_at": now_iso()}
-            if not entry.get("started_at"):
-                entry["started_at"] = now_iso()
+            if not stage_entry.get("started_at"):
+                stage_entry["started_at"] = now_iso()
                 fields["steps"] = json.dumps(steps)
             current = record.get("step")
             if not current or names.index(stage) > names.index(current):
                 fields["step"] = stage
             return fields
 
-        return self._transition(job_id, ACTIVE_STATES, "running", update)
+        def report(record: dict[str, Any], fields: dict[str, str]) -> list[Any]:
+            return _started(stage)(record, fields) if "steps" in fields else []
+
+        return self._transition(job_id, ACTIVE_STATES, "running", update, report=report)
 
     def stage_finished(self, job_id: str, stage: str) -> bool:
         """Mark a video's ``stage`` finished (all its chunks are done)."""
 
         def update(record: dict[str, Any]) -> dict[str, str]:
             steps = record["steps"]
-            entry = next(s for s in steps if s["name"] == stage)
-            if entry.get("finished_at"):
+            stage_entry = next(s for s in steps if s["name"] == stage)
+            if stage_entry.get("finished_at"):
                 return {}
-            entry["finished_at"] = now_iso()
+            stage_entry["finished_at"] = now_iso()
             return {"steps": json.dumps(steps)}
 
-        return self._transition(job_id, ("running",), "running", update)
+        def report(record: dict[str, Any], fields: dict[str, str]) -> list[Any]:
+            return _finished(stage)(record, fields) if "steps" in fields else []
+
+        return self._transition(job_id, ("running",), "running", update, report=report)
 
     def succeed(
         self, job_id: str, step: str, result: dict[str, Any], artifacts: list[dict[str, Any]]
@@ -113,7 +125,12 @@ class JobTransitions(StorePart):
                 pipe.hincrby(self.keys.usage(tenant), "bytes", stored)
                 pipe.hincrby(self.keys.job_bytes(tenant), job_id, stored)
 
-        return self._transition(job_id, ACTIVE_STATES, "succeeded", update, store_result)
+        def report(record: dict[str, Any], fields: dict[str, str]) -> list[Any]:
+            return [*_finished(step)(record, fields), ("job.succeeded", {})]
+
+        return self._transition(
+            job_id, ACTIVE_STATES, "succeeded", update, store_result, report=report
+        )
 
     def fail(self, job_id: str, step: str | None, kind: str, detail: str) -> bool:
         error = {"step": step, "kind": kind, "detail": detail}
@@ -121,13 +138,19 @@ class JobTransitions(StorePart):
         def update(record: dict[str, Any]) -> dict[str, str]:
             return {"step": "", "finished_at": now_iso(), "error": json.dumps(error)}
 
-        return self._transition(job_id, ACTIVE_STATES, "failed", update)
+        def report(record: dict[str, Any], fields: dict[str, str]) -> list[Any]:
+            return [("job.failed", error)]
+
+        return self._transition(job_id, ACTIVE_STATES, "failed", update, report=report)
 
     def cancel(self, job_id: str) -> bool:
         def update(record: dict[str, Any]) -> dict[str, str]:
             return {"step": "", "finished_at": now_iso()}
 
-        return self._transition(job_id, ACTIVE_STATES, "cancelled", update)
+        def report(record: dict[str, Any], fields: dict[str, str]) -> list[Any]:
+            return [("job.cancelled", {})]
+
+        return self._transition(job_id, ACTIVE_STATES, "cancelled", update, report=report)
 
     def _transition(
         self,
@@ -136,15 +159,18 @@ class JobTransitions(StorePart):
         new_state: JobState,
         update: Update,
         also: Callable[[Any, str], None] | None = None,
+        report: Report | None = None,
     ) -> bool:
         key = self.keys.job(job_id)
         allowed = set(allowed_from)
+        batch: list[str] = []
 
         def attempt(pipe: Any) -> bool:
             raw = pipe.hgetall(key)
             if not raw or raw.get("state") not in allowed:
                 return False
-            fields = update(decode(raw))
+            record = decode(raw)
+            fields = update(record)
             fields.update(state=new_state, updated_at=now_iso())
             pipe.multi()
             pipe.hset(key, mapping=fields)
@@ -162,9 +188,15 @@ class JobTransitions(StorePart):
                     pipe.zadd(new, {job_id: score})
             if also is not None:
                 also(pipe, tenant)
+            for kind, data in report(record, fields) if report is not None else []:
+                self.events.add(pipe, tenant, entry(kind, job_id, raw.get("batch_id"), data))
+            batch[:] = [tenant, raw.get("batch_id") or ""]
             return True
 
-        return bool(self.redis.transaction(attempt, key, value_from_callable=True))
+        changed = bool(self.redis.transaction(attempt, key, value_from_callable=True))
+        if changed and new_state in TERMINAL_EVENTS and batch and batch[1]:
+            self.events.batch_member_ended(batch[0], batch[1], job_id, new_state, self.ttl)
+        return changed
 
 
 def decode(raw: dict[str, Any]) -> dict[str, Any]:
@@ -182,10 +214,28 @@ def decode(raw: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
+def _started(step: str) -> Report:
+    def report(record: dict[str, Any], fields: dict[str, str]) -> list[Any]:
+        return [("step.started", {"step": step})]
+
+    return report
+
+
+def _finished(step: str) -> Report:
+    """``step.finished`` with the step's seconds, read from the steps just written."""
+
+    def report(record: dict[str, Any], fields: dict[str, str]) -> list[Any]:
+        steps = json.loads(fields["steps"]) if "steps" in fields else record["steps"]
+        done: dict[str, Any] = next((s for s in steps if s["name"] == step), {})
+        return [("step.finished", {"step": step, "seconds": step_seconds(done)})]
+
+    return report
+
+
 def _mark_step(steps: list[dict[str, Any]], step: str, field: str) -> list[dict[str, Any]]:
-    for entry in steps:
-        if entry["name"] == step:
-            entry[field] = now_iso()
+    for item in steps:
+        if item["name"] == step:
+            item[field] = now_iso()
             if field == "started_at":
-                entry["finished_at"] = None
+                item["finished_at"] = None
     return steps
