@@ -83,8 +83,14 @@ def install_event_log(target: str, service: str) -> None:
     if not target:
         events_log.propagate = True
         return
-    out: logging.Handler
-    out = logging.StreamHandler(sys.stderr) if target == "-" else _AppendHandler(Path(target))
+    out: logging.Handler = logging.StreamHandler(sys.stderr)
+    if target != "-":
+        try:
+            out = _AppendHandler(Path(target))
+        except OSError as exc:  # a read-only file system (a container): stderr, not a crash
+            logging.getLogger(__name__).warning(
+                "CV_EVENT_LOG %s: %s; events go to stderr", target, exc
+            )
     out.setFormatter(JsonFormatter())
     out.addFilter(_ServiceFilter(service))
     events_log.addHandler(out)

@@ -144,8 +144,9 @@ class Settings:
     metrics_token: str = ""
     metrics_token_file: str = ""
     # Where each service's processes keep their samples (prometheus-client's multiprocess
-    # files; one folder per running service, removed when it is gone).
-    metrics_dir: Path = Path("var/metrics")
+    # files; one folder per running service, removed when it is gone). A tmpfs suits it,
+    # and read-only containers have one at /tmp.
+    metrics_dir: Path = Path("/tmp/cvjobs-metrics")
     # Each worker service's exporter: base port + the queue's place in preprocess,
     # inference, postprocess, notify (9101..9104); 0: no exporter. Loopback by default.
     worker_metrics_port: int = 9101

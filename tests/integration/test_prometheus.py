@@ -135,6 +135,19 @@ def test_prometheus_scrapes_the_api_and_workers_while_jobs_run(
 
         wait_until(finished, 120, "the jobs to succeed")
 
+    def all_up() -> bool:
+        return scalar(prometheus, 'sum(up{job=~"cvjobs-.*"})') == 1 + len(QUEUES)
+
+    try:
+        wait_until(all_up, 30, "every target to be up")
+    except AssertionError:
+        targets = requests.get(f"{prometheus}/api/v1/targets", timeout=10).json()
+        raise AssertionError(
+            [
+                (t["scrapeUrl"], t["health"], t["lastError"])
+                for t in targets["data"]["activeTargets"]
+            ]
+        ) from None
     succeeded = 'sum(cv_jobs_finished_total{outcome="succeeded",pipeline="detect",tenant="acme"})'
     wait_until(lambda: scalar(prometheus, succeeded) >= JOBS, 60, "Prometheus to see the jobs")
 

@@ -7,7 +7,9 @@ so a running demo stack is never touched.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -32,21 +34,23 @@ METRICS_TOKEN = f"metrics-{uuid.uuid4().hex}"
 
 
 def free_port_run(count: int) -> int:
-    """The first of ``count`` consecutive ports that are free now on 127.0.0.1."""
-    for _ in range(200):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1]
-        if base + count > 65535:
-            continue
+    """The first of ``count`` consecutive ports free now on 127.0.0.1, below the ephemeral
+    range: a port the kernel may hand to an outgoing connection meanwhile (as ``bind(0)``
+    ones are) could be taken by the time a worker listens on it."""
+    low = 32768
+    with contextlib.suppress(OSError, ValueError):
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    randomly = random.Random()
+    for _ in range(500):
+        base = randomly.randrange(20000, max(20001, low - count))
         try:
-            for port in range(base + 1, base + count):
-                with socket.socket() as other:
-                    other.bind(("127.0.0.1", port))
+            for port in range(base, base + count):
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", port))
         except OSError:
             continue
         return base
-    raise RuntimeError(f"no {count} consecutive free ports")
+    raise RuntimeError(f"no {count} consecutive free ports below {low}")
 
 
 def _local() -> Settings:

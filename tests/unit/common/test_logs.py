@@ -72,3 +72,12 @@ def test_without_a_target_events_go_to_the_ordinary_logs(
     assert [(r.getMessage(), getattr(r, "job_id", None)) for r in caplog.records] == [
         ("job.submitted", "j3")
     ]
+
+
+def test_an_unwritable_target_falls_back_to_stderr(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], restore_events: None
+) -> None:
+    (tmp_path / "a-file").write_text("")
+    install_event_log(str(tmp_path / "a-file" / "events.jsonl"), "api")  # as on a read-only fs
+    event("job.submitted", job_id="j4")
+    assert json.loads(capsys.readouterr().err.splitlines()[-1])["job_id"] == "j4"
