@@ -204,7 +204,11 @@ class EventHub:
 def connect_hub(services: Services, authenticator: Authenticator) -> EventHub:
     url = services.settings.redis_url
     reader = aioredis.Redis.from_url(url, decode_responses=True, single_connection_client=True)
-    client = aioredis.Redis.from_url(url, decode_responses=True, max_connections=16)
+    # A pool that waits for a free connection (the plain one refuses past its size).
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, decode_responses=True, max_connections=16, timeout=5
+    )
+    client = aioredis.Redis(connection_pool=pool)
     return EventHub(services.store.keys, authenticator, reader, client)
 
 
@@ -270,8 +274,11 @@ class EventEndpoints:
             await send({"type": "http.response.body", "body": first, "more_body": True})
             beat = self.settings.events_heartbeat_seconds
             while subscriber.closed is None:
+                # asyncio.timeout, not wait_for: no task per wake-up (1,000 streams wake
+                # for every event of their tenant).
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(subscriber.wake.wait(), beat)
+                    async with asyncio.timeout(beat):
+                        await subscriber.wake.wait()
                 events = subscriber.take()
                 body = b"".join(e.sse for e in events) if events else heartbeat()
                 if subscriber.closed is None or events:
