@@ -17,7 +17,6 @@ resident set and thread count of any of them, and whether one died on the way.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -34,9 +33,11 @@ import requests
 from common.settings import REPO_ROOT, Settings
 
 sys.path.insert(0, str(REPO_ROOT))  # the corpus and the stack helpers live under tests/
+# run.py beside this script (its folder is on sys.path): the bench key, where results are saved.
+from run import bench_key, save_report
+
 from tests.support import hostile, stack
 
-RESULTS = REPO_ROOT / "benchmarks" / "results"
 MiB = 1024 * 1024
 READY_SECONDS = 120
 
@@ -106,14 +107,6 @@ def wait_for_faces(store: Any, workers: list[Any], logs: Path) -> None:
         if time.monotonic() > deadline:
             raise SystemExit(f"no worker reported MTCNN within {READY_SECONDS} s")
         time.sleep(0.2)
-
-
-def bench_key() -> str:
-    from api.keys import saved_key
-
-    return saved_key(
-        REPO_ROOT / "var" / "bench-key", "bench", "benchmarks", "member", Settings.from_env()
-    )
 
 
 def run(base: str, key: str, cases: list[hostile.Case]) -> dict[str, Any]:
@@ -195,10 +188,7 @@ def main() -> None:
         "generation_s": round(generation, 3),
         **report,
     }
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"hostile-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps(report, indent=2))
-    print(f"saved {out.relative_to(REPO_ROOT)}")
+    save_report("hostile", report)
 
 
 if __name__ == "__main__":

@@ -33,13 +33,26 @@ RESULTS = REPO_ROOT / "benchmarks" / "results"
 KEY: dict[str, str] = {}
 
 
-def use_bench_key() -> None:
+def save_report(name: str, report: dict[str, Any]) -> Path:
+    """Write ``report`` to benchmarks/results/<name>-<time>.json and say where."""
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(json.dumps(report, indent=2))
+    print(f"saved {out.relative_to(REPO_ROOT)}")
+    return out
+
+
+def bench_key() -> str:
+    """The member key of tenant "bench", made once and kept in var/bench-key."""
     from api.keys import saved_key
 
-    key = saved_key(
+    return saved_key(
         REPO_ROOT / "var" / "bench-key", "bench", "benchmarks", "member", Settings.from_env()
     )
-    KEY["X-API-Key"] = key
+
+
+def use_bench_key() -> None:
+    KEY["X-API-Key"] = bench_key()
 
 
 def request(
@@ -253,10 +266,7 @@ def main() -> None:
             f"bytes downloaded at {report['batch']['with_zip_download_s']} s; "
             f"counts {report['batch']['counts']}"
         )
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps(report, indent=2))
-    print(f"saved {out}")
+    save_report("bench", report)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import threading
@@ -26,9 +25,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 # run.py beside this script (its folder is on sys.path): the bench key, requests, figures.
-from run import KEY, RESULTS, multipart, request, summary, use_bench_key
+from run import KEY, multipart, request, save_report, summary, use_bench_key
 
-from common.settings import REPO_ROOT, Settings
+from common.settings import Settings
 
 BODY_BYTES = 1024 * 1024
 
@@ -154,10 +153,7 @@ def main() -> None:
             f"tricklers of the {kind}: {t['n']}, cut after {t['cut_median_s']} s median "
             f"({t['cut_max_s']} s max), answers {t['answers']}"
         )
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"slow-clients-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps(report, indent=2))
-    print(f"saved {out.relative_to(REPO_ROOT)}")
+    save_report("slow-clients", report)
 
 
 if __name__ == "__main__":

@@ -31,9 +31,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from common.settings import REPO_ROOT, Settings
+# run.py beside this script (its folder is on sys.path): where results are saved.
+from run import save_report
 
-RESULTS = REPO_ROOT / "benchmarks" / "results"
+from common.settings import REPO_ROOT, Settings
 
 
 def call(
@@ -239,10 +240,7 @@ def main() -> None:
         )
         report["quota_check"] = quota_cost(settings, "bench-quota")
         print(f"quota check per submission: median {report['quota_check']['median_ms']} ms")
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"tenants-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps(report, indent=2))
-    print(f"saved {out.relative_to(REPO_ROOT)}")
+    save_report("tenants", report)
 
 
 if __name__ == "__main__":

@@ -34,9 +34,9 @@ from pathlib import Path
 from typing import Any
 
 # run.py beside this script (its folder is on sys.path): the bench key and results folder.
-from run import KEY, RESULTS, use_bench_key
+from run import KEY, save_report, use_bench_key
 
-from common.settings import REPO_ROOT, Settings
+from common.settings import Settings
 
 
 def request(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None) -> Any:
@@ -182,10 +182,7 @@ def main() -> None:
         f"{served['fps']} fps end to end ({served['seconds']} s), baseline {plain['fps']} fps "
         f"({plain['seconds']} s), ratio {ratio}"
     )
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"video-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps(report, indent=2))
-    print(f"saved {out.relative_to(REPO_ROOT)}")
+    save_report("video", report)
 
 
 if __name__ == "__main__":
