@@ -109,7 +109,13 @@ class JobTransitions(StorePart):
         """
         document = json.dumps(result)
 
+        # A video's last stage was reported finished when its last chunk ended
+        # (stage_finished): the finishing step must not report it a second time.
+        reported: list[bool] = [False]
+
         def update(record: dict[str, Any]) -> dict[str, str]:
+            entry: dict[str, Any] = next((x for x in record["steps"] if x["name"] == step), {})
+            reported[0] = bool(entry.get("finished_at"))
             return {
                 "step": "",
                 "finished_at": now_iso(),
@@ -126,7 +132,8 @@ class JobTransitions(StorePart):
                 pipe.hincrby(self.keys.job_bytes(tenant), job_id, stored)
 
         def report(record: dict[str, Any], fields: dict[str, str]) -> list[Any]:
-            return [*_finished(step)(record, fields), ("job.succeeded", {})]
+            finished = [] if reported[0] else _finished(step)(record, fields)
+            return [*finished, ("job.succeeded", {})]
 
         return self._transition(
             job_id, ACTIVE_STATES, "succeeded", update, store_result, report=report

@@ -60,6 +60,20 @@ def test_a_jobs_changes_are_its_events_in_order(events_store: JobStore) -> None:
     assert abs(events[-1].at - time.time()) < 5
 
 
+def test_a_videos_last_stage_is_reported_finished_once(events_store: JobStore) -> None:
+    store = events_store
+    job_id = new_job(store)
+    for stage in ("preprocess", "inference", "postprocess"):
+        assert store.jobs.stage_started(job_id, stage)
+        assert store.jobs.stage_finished(job_id, stage)  # its last chunk ended
+    # ...then the finishing step stores the result.
+    assert store.jobs.succeed(job_id, "postprocess", {"ok": 1}, [])
+    events = store.events.read("default")
+    finished = [e.data["step"] for e in events if e.type == "step.finished"]
+    assert finished == ["preprocess", "inference", "postprocess"]
+    assert events[-1].type == "job.succeeded"
+
+
 def test_failure_carries_its_kind_and_refused_changes_write_nothing(
     events_store: JobStore,
 ) -> None:
