@@ -43,6 +43,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # One message at a time per process: inference steps are long, and a
         # prefetched message would wait behind them instead of going to an idle worker.
         "worker_prefetch_multiplier": 1,
+        # A pool process loads its models before it says it is up (worker_process_init).
+        "worker_proc_alive_timeout": settings.worker_process_start_seconds,
         # Job state lives in our own Redis records; Celery keeps no results.
         "task_ignore_result": True,
         "task_serializer": "json",

@@ -108,6 +108,10 @@ class Settings:
     publish_timeout_seconds: float = 2.0
     # Seconds a worker's model report stays valid without a refresh.
     worker_heartbeat_seconds: int = 30
+    # Seconds a new pool process may take to start (it loads every model first) before
+    # its worker kills it and forks another; Celery's own default, 4 s, is shorter than
+    # one model load on a busy CPU host, which loops forever after a pool process dies.
+    worker_process_start_seconds: float = 300
     # Seconds between upkeep runs (expired files, stuck jobs, unpublished jobs), done by
     # whichever worker claims the period first.
     upkeep_seconds: float = 60

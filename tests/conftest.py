@@ -94,6 +94,22 @@ def stack_env(
         client.delete(*keys)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A failed test that ran on the real workers shows their recent errors in its report
+    (a worker that loops or dies shows nowhere else once the temporary folder is gone)."""
+    report = yield
+    stack_dir = getattr(item, "funcargs", {}).get("stack_dir")
+    if report.failed and stack_dir is not None and "workers" in item.fixturenames:
+        lines = []
+        for log in sorted((stack_dir / "logs").glob("worker-*.log")):
+            tail = log.read_text(errors="replace").splitlines()[-400:]
+            errors = [line[:300] for line in tail if "ERROR" in line or "CRITICAL" in line]
+            lines += [f"{log.name}: {line}" for line in errors[-15:]]
+        report.sections.append(("worker errors", "\n".join(lines) or "(none)"))
+    return report
+
+
 @pytest.fixture(scope="session")
 def stack_settings(stack_env: dict[str, str]) -> Settings:
     return Settings.from_env(stack_env, env_file=NO_ENV_FILE)

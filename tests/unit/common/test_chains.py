@@ -83,6 +83,14 @@ def test_delivery_guarantees_are_configured() -> None:
     assert all(q.durable for q in config["task_queues"])
 
 
+def test_a_pool_process_has_time_to_load_its_models() -> None:
+    """Celery kills a pool process that is not up in 4 s; one that loads models takes more
+    on a busy host, and its replacement would be killed again, for ever (seen in CI)."""
+    assert celery_config(Settings())["worker_proc_alive_timeout"] == 300
+    slow = Settings(worker_process_start_seconds=900)
+    assert celery_config(slow)["worker_proc_alive_timeout"] == 900
+
+
 @pytest.mark.parametrize("step", list(STEPS.values()), ids=lambda s: s.name)
 def test_routes_send_each_task_to_its_steps_queue(step: Any) -> None:
     from fnmatch import fnmatch
