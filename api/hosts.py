@@ -4,8 +4,10 @@ A web page on another site can make a browser send requests to an API on loopbac
 the local network by pointing its own host name at that address (DNS rebinding); the
 browser then sends that foreign name as ``Host``. ``CV_ALLOWED_HOSTS`` lists the names
 the API is reached by (comma list; ``*.example.com`` matches sub-domains; ``*`` turns the
-check off). The health endpoints answer whatever the name: orchestrators probe them by
-address.
+check off). The health endpoints and ``/metrics`` answer whatever the name: orchestrators
+probe them, and Prometheus scrapes, by address (a pod IP, a compose service name). A page
+rebinding its name cannot read ``/metrics``: that needs the scrape token, which the browser
+does not hold.
 """
 
 from __future__ import annotations
@@ -36,15 +38,18 @@ def host_allowed(name: str, allowed: tuple[str, ...]) -> bool:
     return False
 
 
+def by_address(path: str) -> bool:
+    """The paths probes and scrapers reach by address, under any ``Host``."""
+    return path.startswith("/health/") or path == "/metrics"
+
+
 class HostAllowlist:
     def __init__(self, app: ASGIApp, allowed_hosts: str) -> None:
         self.app = app
         self.allowed = parse_hosts(allowed_hosts)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket") or str(scope.get("path", "")).startswith(
-            "/health/"
-        ):
+        if scope["type"] not in ("http", "websocket") or by_address(str(scope.get("path", ""))):
             await self.app(scope, receive, send)
             return
         header = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")

@@ -52,6 +52,15 @@ def test_a_foreign_host_is_refused_and_health_answers_any(offline_settings: Sett
     assert client.get("/health/live", headers={"Host": "10.0.0.7:8000"}).status_code == 200
 
 
+def test_prometheus_scrapes_by_address_with_its_token(offline_settings: Settings) -> None:
+    client = offline_app(replace(offline_settings, metrics_token="scrape-Zq8wX3kP9rT2"))
+    by_address = {"Host": "10.0.0.7:8000"}
+    token = {**by_address, "Authorization": "Bearer scrape-Zq8wX3kP9rT2"}
+    assert client.get("/metrics", headers=token).status_code == 200
+    assert client.get("/metrics", headers={**by_address, "Authorization": ""}).status_code == 401
+    assert client.get("/metricsx", headers=token).status_code == 400
+
+
 def test_configured_names_are_served(offline_settings: Settings) -> None:
     client = offline_app(replace(offline_settings, allowed_hosts="cv.example.com"))
     assert client.get("/openapi.json", headers={"Host": "cv.example.com"}).status_code == 200
