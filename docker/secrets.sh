@@ -1,8 +1,9 @@
 #!/bin/sh
 # The one-shot `secrets` service (docker-compose.yml): a random password for the broker, one
-# for Redis and one for the Flower console, each written once. A file already there is
-# kept, so restarts and upgrades never change a password; remove a file to have a new one
-# made on the next start.
+# for Redis, one each for the Flower and Grafana consoles, and the token Prometheus scrapes
+# the API's /metrics with (CV_METRICS_TOKEN_FILE), each written once. A file already there
+# is kept, so restarts and upgrades never change a password; remove a file to have a new
+# one made on the next start.
 #
 # Files are mode 0440, owned by this service's user and group 10002, which the services
 # that read them join (group_add in docker-compose.yml).
@@ -10,8 +11,9 @@ set -eu
 dir=${CV_SECRETS_DIR:-/run/cv-secrets}
 umask 0227
 
-for name in broker redis flower; do
-    file=$dir/$name.password
+names="broker.password redis.password flower.password grafana.password metrics.token"
+for name in $names; do
+    file=$dir/$name
     if [ -s "$file" ]; then
         echo "secrets: $file kept"
         continue
@@ -24,7 +26,7 @@ for name in broker redis flower; do
         exit 1
     fi
     # Written beside the target and renamed: a reader never sees half a password.
-    partial=$dir/.$name.password.partial
+    partial=$dir/.$name.partial
     rm -f "$partial"
     printf '%s\n' "$password" >"$partial"
     chmod 0440 "$partial"

@@ -5,7 +5,9 @@ refuses them rather than render something else than kustomize would). ``problems
 what breaks the policy: every container non-root, read-only, without capabilities, under
 the RuntimeDefault seccomp profile, with a pinned image, probes and resources; every
 Deployment under a PodDisruptionBudget; every worker Deployment (a ``celery worker -Q``)
-scaled by exactly one ScaledObject on exactly its queues, the inference one with a GPU;
+scaled by exactly one ScaledObject on exactly its queues, the inference one with a GPU, its
+exporter declared (the containerPort named metrics) on the port its first queue implies
+under the settings of its ConfigMaps, and its pods annotated for Prometheus with that port;
 every object in the namespace; no Secret. tests/unit/deploy/test_k8s.py runs both.
 """
 
@@ -17,7 +19,8 @@ from typing import Any
 
 import yaml
 
-from common.settings import REPO_ROOT
+from common.settings import REPO_ROOT, Settings
+from tests.support.workers import metrics_port, worker_queues
 
 K8S = REPO_ROOT / "deploy" / "k8s"
 NAMESPACE = "cvjobs"
@@ -56,12 +59,30 @@ def containers(deployment: Obj) -> list[Obj]:
     return list(spec.get("initContainers", [])) + list(spec["containers"])
 
 
+def command_of(container: Obj) -> list[str]:
+    return [str(word) for word in container.get("command", []) + container.get("args", [])]
+
+
 def queues_of(container: Obj) -> set[str]:
     """The queues of a ``celery ... worker -Q a,b`` command (none for another program)."""
-    command = [str(word) for word in container.get("command", []) + container.get("args", [])]
-    if "worker" not in command or "-Q" not in command:
-        return set()
-    return set(command[command.index("-Q") + 1].split(","))
+    return set(worker_queues(command_of(container)))
+
+
+def container_settings(container: Obj, objects: list[Obj]) -> Settings:
+    """The settings of a container's ConfigMaps (envFrom), password files left out."""
+    names = {ref["configMapRef"]["name"] for ref in container.get("envFrom", [])}
+    env = {
+        name: value
+        for config in of_kind(objects, "ConfigMap")
+        if config["metadata"]["name"] in names
+        for name, value in config.get("data", {}).items()
+        if not name.endswith("_FILE")
+    }
+    return Settings.from_env(env, Path("/nonexistent"))
+
+
+def declared_ports(container: Obj) -> dict[str, int]:
+    return {port.get("name", ""): port["containerPort"] for port in container.get("ports", [])}
 
 
 def matches(selector: Obj, labels: dict[str, str]) -> bool:
@@ -144,6 +165,25 @@ def worker_problems(deployment: Obj, queues: set[str], objects: list[Obj]) -> li
         for container in containers(deployment):
             if "nvidia.com/gpu" not in container.get("resources", {}).get("limits", {}):
                 found.append(f"{name}/{container['name']}: no nvidia.com/gpu limit")
+    return found + metrics_problems(deployment, objects)
+
+
+def metrics_problems(deployment: Obj, objects: list[Obj]) -> list[str]:
+    name = deployment["metadata"]["name"]
+    annotations = deployment["spec"]["template"]["metadata"].get("annotations", {})
+    found = []
+    for container in containers(deployment):
+        where = f"{name}/{container['name']}"
+        wanted = metrics_port(command_of(container), container_settings(container, objects))
+        if not wanted:
+            continue
+        declared = declared_ports(container).get("metrics")
+        if declared != wanted:
+            found.append(f"{where}: metrics port {declared}, its -Q implies {wanted}")
+            continue
+        scraped = (annotations.get("prometheus.io/scrape"), annotations.get("prometheus.io/port"))
+        if scraped != ("true", str(declared)):
+            found.append(f"{name}: annotated {scraped}, not scraped on its metrics port {declared}")
     return found
 
 

@@ -27,8 +27,11 @@ from tests.support.k8s import (
     K8S,
     NAMESPACE,
     Obj,
+    container_settings,
     containers,
+    declared_ports,
     key,
+    matches,
     of_kind,
     problems,
     queues_of,
@@ -128,6 +131,53 @@ def test_settings_log_in_with_the_mounted_passwords(tmp_path: Path) -> None:
     settings.require_strong_secrets()
 
 
+def test_the_api_is_scraped_with_the_mounted_token(tmp_path: Path) -> None:
+    api = named(OBJECTS, "Deployment", "cvjobs-api")
+    annotations = api["spec"]["template"]["metadata"]["annotations"]
+    assert annotations == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(declared_ports(containers(api)[0])["http"]),
+        "prometheus.io/path": "/metrics",
+    }
+    paths = yaml.safe_load((REPO_ROOT / "swagger" / "openapi.yaml").read_text())["paths"]
+    assert "/metrics" in paths
+    (config,) = of_kind(OBJECTS, "ConfigMap")
+    token_file = Path(config["data"]["CV_METRICS_TOKEN_FILE"])
+    assert token_file.name in dict(secret_mounts(api))[str(token_file.parent)]
+    (tmp_path / token_file.name).write_text("scrape-Zq8wX3kP9rT2\n")
+    settings = Settings.from_env(
+        {"CV_METRICS_TOKEN_FILE": str(tmp_path / token_file.name)}, Path("/nonexistent")
+    )
+    assert settings.scrape_token() == "scrape-Zq8wX3kP9rT2"
+
+
+def test_only_the_monitoring_namespace_reaches_the_exporters() -> None:
+    """The workers listen on the pod's address (not loopback), and the one ingress rule
+    over their pods admits the namespace monitoring to the port named metrics."""
+    policies = of_kind(OBJECTS, "NetworkPolicy")
+    workers = [d for d in of_kind(OBJECTS, "Deployment") if queues_of(containers(d)[0])]
+    assert workers
+    for deployment in workers:
+        container = containers(deployment)[0]
+        assert container_settings(container, OBJECTS).worker_metrics_host == "0.0.0.0"
+        assert "metrics" in declared_ports(container)
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        rules = [
+            rule
+            for policy in policies
+            if matches(policy["spec"]["podSelector"], labels)
+            and "Ingress" in policy["spec"]["policyTypes"]
+            for rule in policy["spec"].get("ingress", [])
+        ]
+        monitoring = {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
+        assert rules == [
+            {
+                "from": [{"namespaceSelector": monitoring}],
+                "ports": [{"protocol": "TCP", "port": "metrics"}],
+            }
+        ], deployment["metadata"]["name"]
+
+
 def named(objects: list[Obj], kind: str, name: str) -> Obj:
     (obj,) = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
     return obj
@@ -139,6 +189,13 @@ def container_of(objects: list[Obj], name: str) -> Obj:
 
 def drop(mapping: Obj, field: str) -> None:
     del mapping[field]
+
+
+def pod_annotations(objects: list[Obj], name: str) -> Obj:
+    annotations: Obj = named(objects, "Deployment", name)["spec"]["template"]["metadata"][
+        "annotations"
+    ]
+    return annotations
 
 
 Change = Callable[[list[Obj]], None]
@@ -190,6 +247,23 @@ BROKEN: list[tuple[str, Change, str]] = [
             5, "preprocess,postprocess,notify"
         ),
         "cvjobs-worker-cpu: scaled on ['postprocess', 'preprocess'], consumes",
+    ),
+    (
+        "queues reordered",
+        lambda o: container_of(o, "cvjobs-worker-cpu")["command"].__setitem__(
+            5, "postprocess,preprocess"
+        ),
+        "cvjobs-worker-cpu/worker: metrics port 9101, its -Q implies 9103",
+    ),
+    (
+        "no metrics port",
+        lambda o: drop(container_of(o, "cvjobs-worker-gpu"), "ports"),
+        "cvjobs-worker-gpu/worker: metrics port None, its -Q implies 9102",
+    ),
+    (
+        "not annotated",
+        lambda o: drop(pod_annotations(o, "cvjobs-worker-notify"), "prometheus.io/scrape"),
+        "cvjobs-worker-notify: annotated (None, '9104'), not scraped on its metrics port 9104",
     ),
     (
         "a ScaledObject gone",

@@ -63,15 +63,19 @@ def password(secrets: Path, name: str) -> str:
 
 
 def test_secrets_are_random_readable_by_group_only(secrets: Path) -> None:
-    assert sorted(path.name for path in secrets.iterdir()) == [
+    files = sorted(path.name for path in secrets.iterdir())
+    assert files == [
         "broker.password",
         "flower.password",
+        "grafana.password",
+        "metrics.token",
         "redis.password",
     ]
-    for name in ("broker", "redis", "flower"):
-        assert re.fullmatch(r"[A-Za-z0-9]{32}", password(secrets, name))
-        assert stat.S_IMODE((secrets / f"{name}.password").stat().st_mode) == 0o440
-    assert password(secrets, "broker") != password(secrets, "redis")
+    values = {(secrets / name).read_text().strip() for name in files}
+    assert len(values) == len(files)
+    for name in files:
+        assert re.fullmatch(r"[A-Za-z0-9]{32}", (secrets / name).read_text().strip())
+        assert stat.S_IMODE((secrets / name).stat().st_mode) == 0o440
 
 
 def test_secrets_are_written_once(secrets: Path) -> None:
@@ -165,4 +169,5 @@ def test_services_log_in_with_the_generated_passwords(service: str, secrets: Pat
     assert settings.env == "production"
     assert settings.broker_url == f"amqp://cvjobs:{password(secrets, 'broker')}@rabbitmq:5672//"
     assert settings.redis_url == f"redis://cvjobs:{password(secrets, 'redis')}@redis:6379/0"
+    assert settings.scrape_token() == (secrets / "metrics.token").read_text().strip()
     settings.require_strong_secrets()
