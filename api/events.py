@@ -62,6 +62,8 @@ class Subscriber:
     pending: deque[Event] = field(default_factory=deque)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     closed: str | None = None  # why the hub dropped it ("revoked", "behind")
+    quiet: bool = False  # nothing was delivered since the hub's previous heartbeat tick
+    beat: bool = False  # the hub asks for a heartbeat (SSE: a comment line)
 
     def offer(self, event: Event) -> None:
         if self.closed or not self.selection.matches(event):
@@ -80,15 +82,39 @@ class Subscriber:
         events = list(self.pending)
         self.pending.clear()
         self.wake.clear()
+        self.beat = False
+        if events:
+            self.quiet = False
         return events
+
+    def tick(self) -> None:
+        """The hub's heartbeat tick: a subscriber quiet since the previous one beats."""
+        if self.quiet and not self.closed:
+            self.beat = True
+            self.wake.set()
+        self.quiet = True
 
 
 class EventHub:
     """The fan-out of one API process: one Redis reader, every local subscriber."""
 
-    def __init__(self, keys: Keys, authenticator: Authenticator, reader: Any, client: Any) -> None:
+    def __init__(
+        self,
+        keys: Keys,
+        authenticator: Authenticator,
+        reader: Any,
+        client: Any,
+        heartbeat_seconds: float = 15,
+        gather_seconds: float = 0,
+    ) -> None:
         """``reader``: the one connection that blocks on the streams; ``client``: a small
-        pool for replays and look-ups (both ``redis.asyncio``, ``decode_responses``)."""
+        pool for replays and look-ups (both ``redis.asyncio``, ``decode_responses``).
+        A subscriber sent nothing for ``heartbeat_seconds`` (up to twice that) gets a
+        heartbeat: one timer for the hub, none per stream or per wake-up. After a read
+        that brought events the hub waits ``gather_seconds`` before the next, so that what
+        arrives meanwhile reaches each stream in one write (0: read again at once)."""
+        self.heartbeat_seconds = heartbeat_seconds
+        self.gather_seconds = gather_seconds
         self.keys = keys
         self.authenticator = authenticator
         self.reader = reader
@@ -99,6 +125,7 @@ class EventHub:
         self._tasks = [
             asyncio.create_task(self._read(), name="events-reader"),
             asyncio.create_task(self._recheck_keys(), name="events-keys"),
+            asyncio.create_task(self._heartbeats(), name="events-heartbeats"),
         ]
 
     async def subscribe(
@@ -161,6 +188,9 @@ class EventHub:
                 await asyncio.sleep(1)
                 continue
             self._dispatch(tenants, answer or [])
+            if answer and self.gather_seconds:
+                # What arrives meanwhile goes out in one write per stream, not one each.
+                await asyncio.sleep(self.gather_seconds)
 
     def _dispatch(self, tenants: dict[str, str], answer: list[Any]) -> None:
         for stream, entries in answer:
@@ -178,6 +208,13 @@ class EventHub:
                 event = Event.from_entry(str(entry_id), dict(fields))
                 for subscriber in group:
                     subscriber.offer(event)
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_seconds)
+            for group in self.subscribers.values():
+                for subscriber in group:
+                    subscriber.tick()
 
     async def _recheck_keys(self) -> None:
         every = max(self.authenticator.cache_seconds, 0.5)
@@ -209,7 +246,15 @@ def connect_hub(services: Services, authenticator: Authenticator) -> EventHub:
         url, decode_responses=True, max_connections=16, timeout=5
     )
     client = aioredis.Redis(connection_pool=pool)
-    return EventHub(services.store.keys, authenticator, reader, client)
+    settings = services.settings
+    return EventHub(
+        services.store.keys,
+        authenticator,
+        reader,
+        client,
+        settings.events_heartbeat_seconds,
+        settings.events_gather_ms / 1000,
+    )
 
 
 class EventEndpoints:
@@ -272,17 +317,18 @@ class EventEndpoints:
             )
             first = b"retry: 2000\n\n" + b"".join(e.sse for e in replayed if selection.matches(e))
             await send({"type": "http.response.body", "body": first, "more_body": True})
-            beat = self.settings.events_heartbeat_seconds
             while subscriber.closed is None:
-                # asyncio.timeout, not wait_for: no task per wake-up (1,000 streams wake
-                # for every event of their tenant).
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(beat):
-                        await subscriber.wake.wait()
+                # No timer per stream: 1,000 streams wake for every event of their tenant
+                # (the hub's heartbeat tick wakes the quiet ones).
+                await subscriber.wake.wait()
                 events = subscriber.take()
-                body = b"".join(e.sse for e in events) if events else heartbeat()
-                if subscriber.closed is None or events:
-                    await send({"type": "http.response.body", "body": body, "more_body": True})
+                if events:
+                    body = b"".join(e.sse for e in events)
+                elif subscriber.closed is None:
+                    body = heartbeat()
+                else:
+                    break
+                await send({"type": "http.response.body", "body": body, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             hub.unsubscribe(subscriber)

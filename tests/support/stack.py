@@ -164,7 +164,9 @@ def stack_environment(tmp: Path, weights: Path, segment_weights: Path) -> dict[s
     return env
 
 
-def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def _spawn(
+    args: list[str], env: dict[str, str], log: Path, nice: int = 0
+) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(
             args,
@@ -173,6 +175,7 @@ def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=(lambda: os.nice(nice)) if nice else None,
         )
 
 
@@ -197,7 +200,11 @@ def kill_pool(worker: subprocess.Popen[bytes]) -> None:
         os.kill(child.pid, signal.SIGKILL)
 
 
-def start_worker(queue: str, env: dict[str, str], logs: Path) -> subprocess.Popen[bytes]:
+def start_worker(
+    queue: str, env: dict[str, str], logs: Path, nice: int = 0
+) -> subprocess.Popen[bytes]:
+    """A prefork worker of one process on ``queue``; ``nice``: its CPU priority (higher:
+    lower priority), as a host that keeps the API responsive would run its workers."""
     return _spawn(
         [
             str(VENV_BIN / "celery"),
@@ -219,6 +226,7 @@ def start_worker(queue: str, env: dict[str, str], logs: Path) -> subprocess.Pope
         ],
         env,
         logs / f"worker-{queue}.log",
+        nice,
     )
 
 

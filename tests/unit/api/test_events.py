@@ -168,11 +168,70 @@ def test_a_subscriber_too_far_behind_is_dropped(monkeypatch: pytest.MonkeyPatch)
     assert subscriber.closed == "behind" and len(subscriber.pending) == 3
 
 
+def test_only_a_subscriber_quiet_for_a_whole_heartbeat_period_is_asked_to_beat() -> None:
+    async def scenario() -> list[bool]:
+        busy = Subscriber("t", Selection(everything=True), None)
+        quiet = Subscriber("t", Selection(everything=True), None)
+        seen = []
+        for n in range(3):  # three ticks: busy gets an event between each
+            busy.offer(Event(f"{n}-0", "job.created", "j", None, 0.0))
+            assert busy.take()
+            busy.tick()
+            quiet.tick()
+            seen.append(busy.beat or quiet.beat and quiet.wake.is_set())
+            if quiet.beat:
+                assert quiet.take() == [] and not quiet.beat and not quiet.wake.is_set()
+        return seen
+
+    # The quiet one beats from the second tick on, every tick; the busy one never.
+    assert run(scenario) == [False, True, True]
+
+
 # --- the hub -------------------------------------------------------------------------
 
 
-def hub_on(fake: FakeStreams, keys: StaticKeys | None = None) -> EventHub:
-    return EventHub(KEYS, Authenticator(keys or StaticKeys(), {}, 0.5), fake, fake)
+def hub_on(
+    fake: FakeStreams,
+    keys: StaticKeys | None = None,
+    heartbeat_seconds: float = 15,
+    gather_seconds: float = 0,
+) -> EventHub:
+    authenticator = Authenticator(keys or StaticKeys(), {}, 0.5)
+    return EventHub(KEYS, authenticator, fake, fake, heartbeat_seconds, gather_seconds)
+
+
+@pytest.mark.parametrize(("gather", "wakes"), [(0, 3), (0.3, 2)])
+def test_a_hub_that_gathers_hands_a_burst_over_at_once(gather: float, wakes: int) -> None:
+    """Three events 50 ms apart: without gathering each wakes the stream; gathering for
+    300 ms after the first read hands the second and third over together."""
+
+    async def scenario() -> tuple[list[int], list[str]]:
+        fake = FakeStreams()
+        hub = hub_on(fake, gather_seconds=gather)
+        subscriber, _ = await hub.subscribe("acme", Selection(everything=True), None)
+        sizes: list[int] = []
+        got: list[str] = []
+
+        async def stream() -> None:  # as the SSE loop takes them
+            while len(got) < 3:
+                await asyncio.wait_for(subscriber.wake.wait(), 2)
+                taken = subscriber.take()
+                sizes.append(len(taken))
+                got.extend(e.id for e in taken)
+
+        reading = asyncio.create_task(stream())
+        await asyncio.sleep(0.05)
+        sent = []
+        for n in range(3):
+            sent.append(fake.add("acme", "job.created", f"j{n}"))
+            await asyncio.sleep(0.05)
+        await reading
+        await hub.aclose()
+        assert got == sent
+        return sizes, got
+
+    sizes, _ = run(scenario)
+    assert len(sizes) == wakes
 
 
 def test_hub_replays_up_to_its_cursor_then_delivers_live_once(
@@ -245,7 +304,8 @@ def app_on(fake: FakeStreams, **settings: Any) -> EventEndpoints:
         store=SimpleNamespace(keys=KEYS), settings=replace(Settings(), **settings)
     )
     app = EventEndpoints(downstream, services, Authenticator(table, {}, 0.5), auth=True)  # type: ignore[arg-type]
-    app.hub = lambda: app._hub or _set(app, hub_on(fake, table))  # type: ignore[method-assign]
+    beat = services.settings.events_heartbeat_seconds
+    app.hub = lambda: app._hub or _set(app, hub_on(fake, table, beat))  # type: ignore[method-assign]
     return app
 
 
