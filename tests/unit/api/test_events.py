@@ -178,7 +178,7 @@ def test_only_a_subscriber_quiet_for_a_whole_heartbeat_period_is_asked_to_beat()
             assert busy.take()
             busy.tick()
             quiet.tick()
-            seen.append(busy.beat or quiet.beat and quiet.wake.is_set())
+            seen.append(busy.beat or (quiet.beat and quiet.wake.is_set()))
             if quiet.beat:
                 assert quiet.take() == [] and not quiet.beat and not quiet.wake.is_set()
         return seen
