@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help install services start demo stop status reload models export-onnx migrate test lint bench bench-video bench-tenants bench-slow-clients bench-events flower clean
+.PHONY: help install services start demo stop status reload models models-sam export-onnx migrate test lint bench bench-video bench-tenants bench-slow-clients bench-events flower clean
 
 help:
 	@echo "make demo     install, start RabbitMQ, Redis, the API and 3 workers, run the sample job"
@@ -14,7 +14,8 @@ help:
 	@echo "make status   what is running"
 	@echo "make flower   Flower (Celery's monitoring UI) on http://127.0.0.1:5555, user cvjobs"
 	@echo "make reload   restart the workers (new weights, new config); queued jobs wait"
-	@echo "make models   download the official YOLO weights (needs the internet)"
+	@echo "make models   download the official YOLO weights, MobileSAM and SAM 2 tiny (needs the internet)"
+	@echo "make models-sam  every SAM-family weights file of config/models.yaml (SAM h: 2.4 GB)"
 	@echo "make export-onnx WEIGHTS=models/yolov8n.pt TASK=detect   export and register ONNX"
 	@echo "make lint     ruff (lint + format check) and mypy"
 	@echo "make bench    latency benchmark against the running stack"
@@ -51,6 +52,9 @@ flower: install
 
 models: install
 	$(PY) scripts/fetch_models.py
+
+models-sam: install
+	$(PY) scripts/fetch_models.py --sam-all
 
 export-onnx: install
 	$(PY) -m celery_worker.export $(WEIGHTS) --register $(or $(TASK),detect)

@@ -107,7 +107,8 @@ class ModelRegistry:
         if spec.weights is not None and not spec.weights.is_file():
             raise ModelUnavailable(
                 f"model {name!r}: no weights file at {spec.weights}; "
-                f"put a YOLO {spec.task} weights file there (see config/models.yaml)"
+                f"put {_KIND.get(spec.task, 'a ' + spec.task)} weights file there "
+                "(make models where the internet is reachable; see config/models.yaml)"
             )
         preference = spec.config.device if spec.config and spec.config.device else None
         device = pick_device(preference or self.device_preference)
@@ -131,6 +132,8 @@ class ModelRegistry:
 
 
 LOADERS: dict[str, Callable[[ModelSpec, str], Any]] = {}
+# What the weights of a task are, for the reason a missing file gives.
+_KIND = {"detect": "a YOLO detect", "segment": "a YOLO segment", "sam": "a SAM-family"}
 
 
 def specs_from(models: dict[str, ModelConfig]) -> dict[str, ModelSpec]:
@@ -282,4 +285,32 @@ def load_mtcnn(spec: ModelSpec, device: str) -> LoadedModel:
     return LoadedModel(spec, model, device, info)
 
 
-LOADERS.update(detect=load_yolo, segment=load_yolo, faces=load_mtcnn)
+def load_sam(spec: ModelSpec, device: str) -> LoadedModel:
+    """A SAM-family model (celery_worker.sam) from an explicit path. Not warmed up: its
+    encoder takes seconds on a CPU for any image, and a bad file fails while loading."""
+    assert spec.weights is not None
+    from celery_worker.sam import PromptableSegmenter
+
+    try:
+        segmenter = PromptableSegmenter(spec.weights, device)
+        digest, size = sha256_of([spec.weights]), spec.weights.stat().st_size
+    except (*WEIGHTS_ERRORS, KeyError, NotImplementedError, FileNotFoundError) as exc:
+        raise ModelUnavailable(
+            f"model {spec.name!r} failed to load: {exc} (the file name must end as "
+            "Ultralytics names the weights: mobile_sam.pt, sam_b.pt, sam2_t.pt, ...)"
+        ) from exc
+    info = {
+        "name": spec.name,
+        "task": spec.task,
+        "version": f"ultralytics {importlib.metadata.version('ultralytics')}",
+        "weights": str(spec.weights),
+        "weights_sha256": digest,
+        "weights_bytes": size,
+        "format": "pt",
+        "device": device,
+        "family": "sam2" if segmenter.is_sam2 else "sam",
+    }
+    return LoadedModel(spec, segmenter, device, info)
+
+
+LOADERS.update(detect=load_yolo, segment=load_yolo, faces=load_mtcnn, sam=load_sam)

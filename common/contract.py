@@ -56,8 +56,9 @@ ROLES: tuple[Role, ...] = ("reader", "member", "admin")  # each may do what thos
 Priority = Literal["low", "normal", "high"]
 PRIORITIES: dict[Priority, int] = {"low": 1, "normal": 2, "high": 3}
 
-ModelTask = Literal["detect", "segment", "faces"]
-MODEL_TASKS: tuple[ModelTask, ...] = ("detect", "segment", "faces")
+# "sam": promptable segmentation (points and boxes in, masks out; celery_worker.sam).
+ModelTask = Literal["detect", "segment", "faces", "sam"]
+MODEL_TASKS: tuple[ModelTask, ...] = ("detect", "segment", "faces", "sam")
 STAGES = ("preprocess", "inference", "postprocess")
 MediaKind = Literal["image", "video"]
 

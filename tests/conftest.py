@@ -119,8 +119,13 @@ def stack_settings(stack_env: dict[str, str]) -> Settings:
 def workers(
     stack_env: dict[str, str], stack_settings: Settings, stack_dir: Path
 ) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
-    """One real Celery worker per queue; ready once the inference one reports its models."""
+    """One real Celery worker per queue; ready once the inference one reports its models
+    (those the stack has weights for: the SAM family's are absent, and reported so)."""
+    from common.catalogue import load_catalogue
     from common.jobstore import JobStore
+
+    models = load_catalogue(stack_settings).models
+    provided = {n for n, m in models.items() if m.weights is None or m.weights.is_file()}
 
     logs = stack_dir / "logs"
     logs.mkdir(exist_ok=True)
@@ -135,7 +140,7 @@ def workers(
                     raise RuntimeError(f"worker {queue} exited: {log}")
             reports = store.workers.alive()
             return bool(reports) and all(
-                m.get("available") for r in reports for m in r["models"].values()
+                r["models"].get(name, {}).get("available") for r in reports for name in provided
             )
 
         wait_until(ready, 120, "the inference worker to load its models")

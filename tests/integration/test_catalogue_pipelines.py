@@ -85,7 +85,11 @@ def test_models_endpoint_reports_what_the_workers_loaded(
     api_client: Any, yolo_weights: Path, yolo_seg_weights: Path
 ) -> None:
     models = {m["name"]: m for m in api_client.get("/v1/models").json()["models"]}
-    assert set(models) == {"yolov8n", "yolo11n-seg", "mtcnn"}
+    sam = {"mobile-sam", "sam-b", "sam-l", "sam-h", "sam2-t", "sam2-s", "sam2-b", "sam2-l"}
+    assert set(models) == {"yolov8n", "yolo11n-seg", "mtcnn"} | sam
+    for name in sam:  # listed, with why not, until their weights are there
+        assert models[name]["task"] == "sam" and not models[name]["available"]
+        assert "no weights file" in models[name]["unavailable_reason"], models[name]
     detect = models["yolov8n"]
     assert detect["available"] and detect["task"] == "detect" and detect["format"] == "pt"
     assert detect["weights_sha256"] == hashlib.sha256(yolo_weights.read_bytes()).hexdigest()

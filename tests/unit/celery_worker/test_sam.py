@@ -155,3 +155,22 @@ def test_a_previous_answer_refines_the_next(encoded: Any) -> None:
     )
     assert len(refined) == len(first) == 1
     assert not np.array_equal(refined[0].logits, first[0].logits)
+
+
+def test_the_registry_loads_a_sam_model_and_explains_a_bad_name(
+    weights: Path, tmp_path: Path
+) -> None:
+    from celery_worker.errors import ModelUnavailable
+    from celery_worker.models import ModelRegistry, ModelSpec, load_sam
+
+    good = ModelSpec("some-sam", "sam", load_sam, weights)
+    loaded = ModelRegistry({"some-sam": good}, "cpu").get("some-sam")
+    assert isinstance(loaded.model, PromptableSegmenter)
+    assert loaded.info["family"] == ("sam2" if "sam2" in weights.name else "sam")
+    assert loaded.info["weights_bytes"] == weights.stat().st_size
+
+    renamed = tmp_path / "weights.pt"  # Ultralytics cannot tell which builder it needs
+    renamed.write_bytes(weights.read_bytes())
+    bad = ModelSpec("bad-sam", "sam", load_sam, renamed)
+    with pytest.raises(ModelUnavailable, match="the file name must end"):
+        ModelRegistry({"bad-sam": bad}, "cpu").get("bad-sam")

@@ -15,7 +15,12 @@ SHIPPED = {"detect", "segment", "blur-faces", "detect-crops", "redact"}
 
 def test_shipped_pipelines_and_models() -> None:
     assert set(CATALOGUE.pipelines) == SHIPPED
-    assert {m.task for m in CATALOGUE.models.values()} == {"detect", "segment", "faces"}
+    assert {m.task for m in CATALOGUE.models.values()} == {"detect", "segment", "faces", "sam"}
+    # Every SAM-family file keeps the name Ultralytics builds it by.
+    endings = ("mobile_sam.pt", "sam_b.pt", "sam_l.pt", "sam_h.pt")
+    endings += tuple(f"sam2_{k}.pt" for k in "tsbl")
+    sam = [m for m in CATALOGUE.models.values() if m.task == "sam"]
+    assert sorted(m.weights.name for m in sam if m.weights) == sorted(endings)
     assert CATALOGUE.pipelines["redact"].defaults()["blur_method"] == "pixelate"
     assert [s.name for s in CATALOGUE.pipelines["detect-crops"].steps] == [
         "preprocess.image",
