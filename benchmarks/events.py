@@ -37,7 +37,6 @@ import os
 import shutil
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -311,28 +310,9 @@ def start_api(
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    with log.open("ab") as out:
-        processes.append(
-            subprocess.Popen(
-                [
-                    str(stack.VENV_BIN / "gunicorn"),
-                    "--no-control-socket",
-                    "-k",
-                    "api.server.ApiWorker",
-                    "-w",
-                    str(workers),
-                    "-b",
-                    f"127.0.0.1:{port}",
-                    "api.app:create_app()",
-                ],
-                cwd=REPO_ROOT,
-                env={**os.environ, **env},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=(lambda: os.nice(nice)) if nice else None,
-            )
-        )
+    command = [str(stack.VENV_BIN / "gunicorn"), "--no-control-socket"]
+    command += ["-k", "api.server.ApiWorker", "-w", str(workers), "-b", f"127.0.0.1:{port}"]
+    processes.append(stack.spawn([*command, "api.app:create_app()"], env, log, nice))
     return f"http://127.0.0.1:{port}"
 
 

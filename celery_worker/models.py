@@ -184,18 +184,25 @@ def load_yolo(spec: ModelSpec, device: str) -> LoadedModel:
     names = {int(k): str(v) for k, v in model.names.items()}
     if spec.config is not None and spec.config.classes:
         names.update(spec.config.classes)
-    info = {
+    fmt = spec.config.format if spec.config else spec.weights.suffix.lstrip(".")
+    info = {**_ultralytics_info(spec, device, fmt, digest, size), "classes": len(names)}
+    return LoadedModel(spec, model, device, {**info, "names": names})
+
+
+def _ultralytics_info(
+    spec: ModelSpec, device: str, fmt: str, digest: str, size: int
+) -> dict[str, Any]:
+    """What the heartbeat reports of a model Ultralytics loaded from ``spec.weights``."""
+    return {
         "name": spec.name,
         "task": spec.task,
         "version": f"ultralytics {importlib.metadata.version('ultralytics')}",
         "weights": str(spec.weights),
         "weights_sha256": digest,
         "weights_bytes": size,
-        "format": spec.config.format if spec.config else spec.weights.suffix.lstrip("."),
+        "format": fmt,
         "device": device,
-        "classes": len(names),
     }
-    return LoadedModel(spec, model, device, {**info, "names": names})
 
 
 def _stop_onnx_spinning(model: Any, weights: Path) -> None:
@@ -299,17 +306,8 @@ def load_sam(spec: ModelSpec, device: str) -> LoadedModel:
             f"model {spec.name!r} failed to load: {exc} (the file name must end as "
             "Ultralytics names the weights: mobile_sam.pt, sam_b.pt, sam2_t.pt, ...)"
         ) from exc
-    info = {
-        "name": spec.name,
-        "task": spec.task,
-        "version": f"ultralytics {importlib.metadata.version('ultralytics')}",
-        "weights": str(spec.weights),
-        "weights_sha256": digest,
-        "weights_bytes": size,
-        "format": "pt",
-        "device": device,
-        "family": "sam2" if segmenter.is_sam2 else "sam",
-    }
+    family = "sam2" if segmenter.is_sam2 else "sam"
+    info = {**_ultralytics_info(spec, device, "pt", digest, size), "family": family}
     return LoadedModel(spec, segmenter, device, info)
 
 

@@ -166,7 +166,7 @@ def stack_environment(tmp: Path, weights: Path, segment_weights: Path) -> dict[s
     return env
 
 
-def _spawn(
+def spawn(
     args: list[str], env: dict[str, str], log: Path, nice: int = 0
 ) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
@@ -207,7 +207,7 @@ def start_worker(
 ) -> subprocess.Popen[bytes]:
     """A prefork worker of one process on ``queue``; ``nice``: its CPU priority (higher:
     lower priority), as a host that keeps the API responsive would run its workers."""
-    return _spawn(
+    return spawn(
         [
             str(VENV_BIN / "celery"),
             "-A",
@@ -242,7 +242,7 @@ def gunicorn(env: dict[str, str], logs: Path, ready_status: int = 200) -> Iterat
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    process = _spawn(
+    process = spawn(
         [
             str(VENV_BIN / "gunicorn"),
             "--no-control-socket",
