@@ -34,7 +34,7 @@ import redis.asyncio as aioredis
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.auth import ANONYMOUS_ADMIN, Authenticator, Caller
-from api.errors import PROBLEM_JSON, ApiError, BadRequest, NotFound
+from api.errors import PROBLEM_JSON, ApiError, BadRequest, NotFound, send_problem
 from api.services import Services
 from common.events import Event, Selection, heartbeat, id_key, valid_id
 from common.jobstore.keys import Keys
@@ -286,7 +286,7 @@ class EventEndpoints:
             try:
                 await self._sse(scope, receive, send)
             except ApiError as exc:
-                await _problem(send, exc)
+                await send_problem(send, exc)
             return
         await self.app(scope, receive, send)
 
@@ -514,21 +514,6 @@ def _secret(headers: dict[str, str]) -> str | None:
         return headers["x-api-key"]
     scheme, _, token = headers.get("authorization", "").partition(" ")
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
-
-
-async def _problem(send: Send, exc: ApiError) -> None:
-    body = exc.body()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": exc.status,
-            "headers": [
-                (b"content-type", PROBLEM_JSON.encode()),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 # --- the spec's operations (Connexion resolves them; see the module docstring) --------
