@@ -301,7 +301,8 @@ def load_sam(spec: ModelSpec, device: str) -> LoadedModel:
     try:
         segmenter = PromptableSegmenter(spec.weights, device)
         digest, size = sha256_of([spec.weights]), spec.weights.stat().st_size
-    except (*WEIGHTS_ERRORS, KeyError, NotImplementedError) as exc:  # an unknown file name: FileNotFoundError
+    # (A file name Ultralytics does not know raises FileNotFoundError, an OSError.)
+    except (*WEIGHTS_ERRORS, KeyError, NotImplementedError) as exc:
         raise ModelUnavailable(
             f"model {spec.name!r} failed to load: {exc} (the file name must end as "
             "Ultralytics names the weights: mobile_sam.pt, sam_b.pt, sam2_t.pt, ...)"
