@@ -71,7 +71,7 @@ def submit(
     request = parse_request(svc, caller, fields, priority="low")
     if not files and archive is None:
         raise BadRequest("send the images as repeated 'files' fields or as one zip 'archive'")
-    refuse_if_unavailable(svc, request.pipeline.name, request.options["model"])
+    refuse_if_unavailable(svc, request)
     limit = svc.settings.max_batch_files
     if len(files) > limit:
         raise PayloadTooLarge(f"{len(files)} files; a batch takes at most {limit}")

@@ -11,6 +11,7 @@ from typing import Any
 
 from api.errors import BadRequest
 from common.catalogue import Catalogue, PipelineConfig
+from common.prompts import PromptError, from_options
 from common.settings import parse_bool
 from common.steps import Option
 
@@ -40,7 +41,7 @@ def resolve_options(
         )
     options = {**pipeline.defaults(), **given}
     for name, value in options.items():
-        if value is not None and name != "model":
+        if value is not None and name not in ("model", "detector"):
             options[name] = _coerce(known[name], value)
     task = pipeline.inference.model_task
     model = catalogue.models.get(str(options["model"]))
@@ -49,6 +50,18 @@ def resolve_options(
             f"model {options['model']!r} cannot run pipeline {pipeline.name!r}; "
             f"its {task} models are {', '.join(catalogue.models_for(str(task))) or 'none'}"
         )
+    if "detector" in options:
+        detector = catalogue.models.get(str(options["detector"]))
+        if detector is None or detector.task != "detect":
+            raise BadRequest(
+                f"detector {options['detector']!r} is not a detect model; they are "
+                f"{', '.join(catalogue.models_for('detect')) or 'none'}"
+            )
+    elif task == "sam":
+        try:
+            from_options(options.get("boxes"), options.get("points"), options.get("labels"))
+        except PromptError as exc:
+            raise BadRequest(str(exc)) from exc
     if "image_size" in options and options["image_size"] % 32:
         raise BadRequest(f"image_size must be a multiple of 32, got {options['image_size']}")
     return options

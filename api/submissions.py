@@ -98,7 +98,7 @@ def submit(
     upload = check_upload(svc, stream)
     if not isinstance(upload, VideoInfo):
         refuse_video_options(request)
-    refuse_if_unavailable(svc, request.pipeline.name, request.options["model"])
+    refuse_if_unavailable(svc, request)
     size = stream.seek(0, os.SEEK_END)
     stream.seek(0)
     limits = svc.quotas.admit(request.tenant, 1, size)
@@ -289,11 +289,16 @@ def _inspect(stream: IO[bytes], max_pixels: int) -> ImageHeader:
         raise UnprocessableImage(str(exc)) from exc
 
 
-def refuse_if_unavailable(svc: Services, pipeline: str, model: str) -> None:
-    """409 when inference workers are online and all of them lack the job's model."""
-    available, reason, reported = model_status(svc, model)
-    if reported and not available:
-        raise Conflict(f"pipeline {pipeline!r} with model {model!r} is unavailable: {reason}")
+def refuse_if_unavailable(svc: Services, request: Request) -> None:
+    """409 when inference workers are online and all of them lack the job's model (or
+    detect-sam's detector)."""
+    pipeline = request.pipeline.name
+    for model in (request.options["model"], request.options.get("detector")):
+        if model is None:
+            continue
+        available, reason, reported = model_status(svc, str(model))
+        if reported and not available:
+            raise Conflict(f"pipeline {pipeline!r} with model {model!r} is unavailable: {reason}")
 
 
 def _rollback(svc: Services, tenant: str, job_id: str) -> None:

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from celery import Celery
 
 from celery_worker import metrics
+from celery_worker.embeddings import EmbeddingCache
 from celery_worker.models import ModelRegistry, configure_ultralytics, specs_from
 from common.batching import after_end
 from common.catalogue import Catalogue, load_catalogue
-from common.contract import QUEUE_NOTIFY, TASK_NOTIFY
+from common.contract import PROMPT_PIPELINE, QUEUE_NOTIFY, TASK_NOTIFY
 from common.jobstore import JobStore
 from common.settings import Settings
 from common.storage import Storage
@@ -24,6 +25,11 @@ class WorkerContext:
     storage: Storage
     models: ModelRegistry
     celery: Celery  # the worker's own app: publishes chunks, finishing steps, callbacks
+    # The embeddings of the SAM family, kept and shared (celery_worker.embeddings).
+    embeddings: EmbeddingCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.embeddings = EmbeddingCache(self)
 
     @classmethod
     def build(cls, settings: Settings, celery: Celery) -> WorkerContext:
@@ -47,6 +53,8 @@ class WorkerContext:
     def ended(self, job_id: str) -> None:
         """The job succeeded or failed here: its batch's next member, and its callback."""
         record = self.store.jobs.get(job_id)
+        if record and record["pipeline"] == PROMPT_PIPELINE:
+            self.store.images.signal_answered(job_id)  # the API request waiting for it
         metrics.job_ended(record)
         after_end(self.store, self.celery, self.catalogue.pipelines, record)
         self.notify(job_id)

@@ -16,17 +16,27 @@ the builder from the weights' file name (``mobile_sam.pt``, ``sam_b.pt``, ``sam2
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from celery_worker.detections import Detections
+from celery_worker.masks import polygons as outlines
+from common.contract import Letterbox
+from common.prompts import Prompt
+
 # Ultralytics' defaults for SAM (its SAM.predict overrides): the model's input side and
 # the score a mask needs to be kept.
 INPUT_SIZE = 1024
 MIN_SCORE = 0.25
+# Prompts answered in one decoder pass at most (detect-sam may bring hundreds of boxes;
+# each pass holds its masks at 1024 x 1024 floats).
+PASS_PROMPTS = 32
 _HIGH_RES = "high_res_feats"
+OBJECT = "object"  # the class name of a mask a prompt asked for
 
 
 @dataclass
@@ -82,6 +92,7 @@ class Mask:
     mask: np.ndarray  # bool, height x width
     score: float
     logits: np.ndarray  # float32, 256 x 256 (SAM's mask input size)
+    index: int = 0  # the object (row of the prompts) it answers
 
 
 class PromptableSegmenter:
@@ -132,7 +143,8 @@ class PromptableSegmenter:
         """Masks for prompts in original pixels: ``boxes`` (N x [x1, y1, x2, y2]) and/or
         ``points`` (N x P x [x, y]) with ``labels`` (N x P; 1 in the object, 0 outside), one
         object per row (rows of boxes and points go together), answered in one decoder pass;
-        ``mask_input``: low-resolution logits of a previous answer (N x 256 x 256).
+        ``mask_input``: low-resolution logits of a previous answer (N x 256 x 256), as
+        SAM's decoder takes them (``SAM.predict`` would letterbox them to 1024 first).
         Up to three masks per object with ``multimask``; those scoring under ``min_score``
         are dropped, as ``SAM.predict`` drops them."""
         import torch
@@ -142,10 +154,15 @@ class PromptableSegmenter:
         source = (embedding.height, embedding.width)
         with torch.inference_mode():
             prompts = predictor._prepare_prompts(
-                (INPUT_SIZE, INPUT_SIZE), source, boxes, points, labels, mask_input
+                (INPUT_SIZE, INPUT_SIZE), source, boxes, points, labels
             )
+            if mask_input is not None:
+                low = torch.as_tensor(np.asarray(mask_input, np.float32), device=predictor.device)
+                # The masks come last (SAM 2 turns boxes into points: one value fewer).
+                prompts = (*prompts[:-1], low.to(predictor.torch_dtype)[:, None])
             logits, scores = predictor._inference_features(embedding.features, *prompts, multimask)
             keep = scores > min_score
+            objects = torch.nonzero(keep).flatten() // (3 if multimask else 1)
             # As Ultralytics' Predictor.postprocess: undo the letterbox (top-left, no pad).
             gain = min(INPUT_SIZE / source[0], INPUT_SIZE / source[1])
             ratio_y, ratio_x = (
@@ -160,8 +177,102 @@ class PromptableSegmenter:
             masks = (full > self.sam.model.mask_threshold).cpu().numpy()
         low = kept.float().cpu().numpy()
         kept_scores = scores[keep].float().cpu().numpy()
-        return [Mask(masks[n], float(kept_scores[n]), low[n]) for n in range(masks.shape[0])]
+        rows = objects.cpu().tolist()
+        return [
+            Mask(masks[n], float(kept_scores[n]), low[n], int(rows[n]))
+            for n in range(masks.shape[0])
+        ]
+
+    def answer(
+        self,
+        embedding: Embedding,
+        prompts: Sequence[Prompt],
+        mask_inputs: dict[str, np.ndarray] | None = None,
+        multimask: bool = False,
+        min_score: float = MIN_SCORE,
+    ) -> list[Mask]:
+        """Masks for ``prompts`` (``common.prompts``), ``Mask.index`` naming the prompt.
+
+        Prompts of one shape (all boxes, all points, ...) share one decoder pass (of at
+        most ``PASS_PROMPTS``: its full-size masks are held at once); points are padded
+        to the longest with SAM's "not a point" label (-1). ``mask_inputs``: the logits
+        each prompt's ``mask_input`` names.
+        """
+        groups: dict[tuple[bool, bool, bool], list[int]] = {}
+        for index, prompt in enumerate(prompts):
+            groups.setdefault(prompt.shape, []).append(index)
+        passes = [
+            (shape, members[first : first + PASS_PROMPTS])
+            for shape, members in groups.items()
+            for first in range(0, len(members), PASS_PROMPTS)
+        ]
+        out: list[Mask] = []
+        for (has_box, has_points, has_mask), members in passes:
+            chosen = [prompts[i] for i in members]
+            boxes = [list(p.box) for p in chosen if p.box is not None] if has_box else None
+            points = labels = None
+            if has_points:
+                longest = max(len(p.points) for p in chosen)
+                points = [
+                    [list(xy) for xy in p.points] + [[0.0, 0.0]] * (longest - len(p.points))
+                    for p in chosen
+                ]
+                labels = [list(p.labels) + [-1] * (longest - len(p.labels)) for p in chosen]
+            masks_in = None
+            if has_mask:
+                masks_in = np.stack([(mask_inputs or {})[str(p.mask_input)] for p in chosen])
+            for mask in self.decode(
+                embedding, boxes, points, labels, masks_in, multimask, min_score
+            ):
+                mask.index = members[mask.index]
+                out.append(mask)
+        out.sort(key=lambda m: m.index)  # stable: a prompt's multimask answers stay in order
+        return out
 
 
 def _array(tensor: Any, dtype: Any) -> np.ndarray:
     return np.ascontiguousarray(tensor.detach().float().cpu().numpy().astype(dtype))
+
+
+# Answers as the service's other models give theirs ----------------------------------
+def identity(width: int, height: int) -> Letterbox:
+    """The "letterbox" of a picture kept as it is (the SAM family letterboxes itself)."""
+    return {"scale": 1.0, "pad_x": 0.0, "pad_y": 0.0, "width": width, "height": height}
+
+
+def mask_outlines(mask: np.ndarray) -> list[list[list[float]]]:
+    """A full-size mask's outer outlines, in its pixels; specks that make no polygon (fewer
+    than three points) left out."""
+    height, width = mask.shape
+    return [p for p in outlines(mask, identity(width, height), width, height) if len(p) >= 3]
+
+
+def bounds(mask: np.ndarray) -> list[float]:
+    """x1, y1, x2, y2 of a mask's pixels (as Ultralytics' boxes of SAM masks); zeros if none."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if not len(rows):
+        return [0.0, 0.0, 0.0, 0.0]
+    return [float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1)]
+
+
+def mask_detections(
+    masks: Sequence[Mask],
+    width: int,
+    height: int,
+    found: Detections | None = None,
+) -> Detections:
+    """Masks as ``Detections`` with outlines and areas: of the prompts (``class_id`` the
+    prompt's row, the mask's score as confidence), or of ``found`` (the detector's class,
+    confidence and box, row by row)."""
+    shapes = tuple(mask_outlines(m.mask) for m in masks)
+    areas = tuple(int(m.mask.sum()) for m in masks)
+    if found is not None:
+        return found.with_columns(polygons=shapes, area=areas)
+    return Detections(
+        xyxy=np.array([bounds(m.mask) for m in masks], np.float64).reshape(-1, 4),
+        confidence=np.array([m.score for m in masks], np.float64),
+        class_id=np.array([m.index for m in masks], np.int64),
+        class_name=(OBJECT,) * len(masks),
+        polygons=shapes,
+        area=areas,
+    )

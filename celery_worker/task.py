@@ -39,6 +39,7 @@ TASK_MODULES = (
     "celery_worker.tasks.preprocess",
     "celery_worker.tasks.inference",
     "celery_worker.tasks.postprocess",
+    "celery_worker.tasks.sam",
     "celery_worker.tasks.notify",
 )
 # A step whose worker died this many times is not tried again: the input probably

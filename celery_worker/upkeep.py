@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from kombu.exceptions import OperationalError
@@ -47,9 +48,9 @@ from celery_worker.video.chunks import FINISH_SECONDS_PER_FRAME
 from common.batching import fill
 from common.catalogue import load_catalogue
 from common.celery_app import HARD_LIMIT_GRACE_SECONDS
-from common.chains import build_start
+from common.chains import build_prompt, build_start
 from common.clock import seconds_since
-from common.contract import ACTIVE_STATES, DEFAULT_TENANT
+from common.contract import ACTIVE_STATES, DEFAULT_TENANT, PROMPT_PIPELINE
 from common.jobstore import JobStore
 from common.jobstore.records import JobRecords
 from common.settings import Settings
@@ -89,6 +90,7 @@ def run_upkeep(ctx: WorkerContext, now: float | None = None) -> UpkeepReport | N
     try:
         now = time.time() if now is None else now
         expired = purge_expired(ctx.store, ctx.storage, now)
+        purge_images(ctx.store, ctx.storage, ctx.settings, now)
 
         def failed(job_id: str) -> None:
             ctx.ended(job_id)
@@ -135,6 +137,39 @@ def purge_expired(store: JobStore, storage: Storage, now: float | None = None) -
         count += 1
     _purge_scratch(storage, now)
     return count
+
+
+def purge_images(store: JobStore, storage: Storage, settings: Settings, now: float) -> int:
+    """Remove images unused for ``CV_IMAGE_TTL_SECONDS`` and embeddings unused for
+    ``CV_EMBEDDING_TTL_SECONDS`` (their records expired in Redis: their files and list
+    entries go here), and files no record names; returns how many images went."""
+    images = store.images
+    count = 0
+    for tenant in sorted({*store.tenants.names(), *storage.tenants()}):
+        for image_id in images.expired(tenant, now - settings.image_ttl_seconds):
+            images.delete(tenant, image_id)
+            storage.remove_image(tenant, image_id)
+            count += 1
+        for name in images.stale_embeddings(tenant, now - settings.embedding_ttl_seconds):
+            key = images.drop_embedding(tenant, name)
+            if key:
+                storage.path(key).unlink(missing_ok=True)
+        for image_id in storage.image_ids(tenant):
+            if _old(storage.image_dir(tenant, image_id), now) and not images.get(tenant, image_id):
+                storage.remove_image(tenant, image_id)
+        for key in storage.embedding_keys(tenant):
+            name = key.rsplit("/", 1)[-1].removesuffix(".npz")
+            if _old(storage.path(key), now) and not images.has_embedding(tenant, name):
+                storage.path(key).unlink(missing_ok=True)
+    return count
+
+
+def _old(path: Path, now: float) -> bool:
+    """Older than a file being written (a worker writes its file before its record)."""
+    try:
+        return now - path.stat().st_mtime > ORPHAN_AGE_SECONDS
+    except FileNotFoundError:  # deleted meanwhile
+        return False
 
 
 def _purge_scratch(storage: Storage, now: float) -> None:
@@ -244,7 +279,9 @@ def republish_unpublished(ctx: WorkerContext, now: float) -> tuple[int, int]:
             continue
         pipeline = pipelines.get(record["pipeline"])
         reason = None
-        if pipeline is None:
+        if record["pipeline"] == PROMPT_PIPELINE:
+            start = build_prompt(ctx.celery, record, ctx.settings.sam_decoder_queue, True)
+        elif pipeline is None:
             reason = f"its pipeline {record['pipeline']!r} is no longer configured"
         else:
             try:

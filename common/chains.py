@@ -4,7 +4,9 @@
   (``build_chain``);
 - a video job: its planning step alone (``build_video_start``); the workers, which
   alone know how many chunks there are, then publish one chain per chunk
-  (``build_chunk_chain``) and the finishing step.
+  (``build_chunk_chain``) and the finishing step;
+- a prompt job (``build_prompt``): the SAM decoder on one request's prompts, after the
+  image's embedding when that has to come first.
 
 ``build_start`` makes a job's first publish from what its record holds, so the API
 (on submission) and upkeep (re-publishing a job the API recorded but never
@@ -33,6 +35,8 @@ from common.contract import (
     TASK_POSTPROCESS_VIDEO_CHUNK,
     TASK_PREPROCESS_VIDEO,
     TASK_PREPROCESS_VIDEO_CHUNK,
+    TASK_SAM_EMBED,
+    TASK_SAM_PROMPT,
     ChunkPayload,
     ImagePayload,
     JobPayload,
@@ -132,6 +136,47 @@ def build_start(app: Celery, pipeline: PipelineConfig, record: dict[str, Any]) -
     # mypy cannot tell that ** of a JobPayload fills an ImagePayload's required keys.
     image: ImagePayload = {**base, "image": size}  # type: ignore[typeddict-item]
     return build_chain(app, pipeline, image, task_ids)
+
+
+def build_prompt(
+    app: Celery, record: dict[str, Any], decoder_queue: str, embed_first: bool
+) -> Signature:
+    """A prompt job's publish (``POST /v1/images/{id}/segment``), from its record: the
+    decoder on ``decoder_queue``, after the image's embedding on the inference queue when
+    ``embed_first`` (the decoder runs on CPU workers and the embedding is not cached)."""
+    job_id, options, image = record["id"], record["options"], record["input"]
+    payload = {
+        "job_id": job_id,
+        "tenant": record["tenant"],
+        "priority": record["priority"],
+        "pipeline": record["pipeline"],
+        "model_name": options["model"],
+        "options": options,
+        "prompts": options["prompts"],
+        "input_key": image["key"],
+        "image": {"width": image["width"], "height": image["height"]},
+        "image_id": image["image_id"],
+        "sha256": image["sha256"],
+    }
+    priority = rank(record["priority"])
+    prompt = app.signature(
+        TASK_SAM_PROMPT,
+        queue=decoder_queue,
+        routing_key=decoder_queue,
+        task_id=f"{job_id}-inference",
+        priority=priority,
+    )
+    if not embed_first or decoder_queue == QUEUE_INFERENCE:
+        return prompt.clone(args=(payload,))  # the decoder encodes, when it must, itself
+    embed = app.signature(
+        TASK_SAM_EMBED,
+        args=(payload,),
+        queue=QUEUE_INFERENCE,
+        routing_key=QUEUE_INFERENCE,
+        task_id=f"{job_id}-embed",
+        priority=priority,
+    )
+    return chain(embed, prompt)
 
 
 def rank(priority: Priority | str) -> int:

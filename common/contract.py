@@ -39,6 +39,16 @@ TASK_INFER_VIDEO_CHUNK = "cv.inference.video_chunk"
 TASK_POSTPROCESS_VIDEO_CHUNK = "cv.postprocess.video_chunk"
 TASK_POSTPROCESS_VIDEO_FINISH = "cv.postprocess.video_finish"
 TASK_NOTIFY = "cv.notify.job"
+# Promptable segmentation (SAM family): the pipelines' inference steps; an image's
+# embedding (encoder only, kept in the embedding cache); one request's prompts answered
+# from it (POST /v1/images/{id}/segment; published to CV_SAM_DECODER_QUEUE).
+TASK_INFER_SAM = "cv.inference.sam"
+TASK_INFER_DETECT_SAM = "cv.inference.detect_sam"
+TASK_SAM_EMBED = "cv.inference.sam_embed"
+TASK_SAM_PROMPT = "cv.inference.sam_prompt"
+# The pipeline name of the jobs POST /v1/images/{id}/segment records (not configurable:
+# one step, the decoder, on the decoder's queue).
+PROMPT_PIPELINE = "sam-prompt"
 
 # Celery routes by task-name prefix: "cv.<queue>.<what>".
 TASK_ROUTES = {f"cv.{queue}.*": {"queue": queue} for queue in QUEUES}

@@ -18,6 +18,8 @@ from dotenv import dotenv_values
 from common.secrets import WeakSecret, require_strong, with_password
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# Where the SAM family's mask decoder may run (CV_SAM_DECODER_QUEUE).
+DECODER_QUEUES = ("inference", "postprocess")
 
 
 class SettingsError(ValueError):
@@ -146,6 +148,21 @@ class Settings:
     quota_active_jobs: int = 1000
     quota_submissions_per_minute: int = 600
     quota_bytes: int = 50 * 1024**3
+    # Interactive segmentation (POST /v1/images, celery_worker/embeddings.py): the SAM
+    # model an image is embedded with unless the upload names another; how long an image
+    # is kept after its last use; the embeddings each tenant keeps (bytes, float16; the
+    # least recently used go first past it) and how long one is kept after its last use;
+    # how long POST /v1/images/{id}/segment waits for its masks before it answers 202 with
+    # a job to follow; the queue that runs the mask decoder ("inference": beside the
+    # encoder, on the GPU worker; "postprocess": the CPU workers, leaving the GPU to
+    # encoders); embeddings each worker process keeps decoded in memory.
+    sam_model: str = "mobile-sam"
+    image_ttl_seconds: int = 24 * 3600
+    embedding_cache_bytes: int = 2 * 1024**3
+    embedding_ttl_seconds: int = 24 * 3600
+    segment_wait_seconds: float = 10.0
+    sam_decoder_queue: str = "inference"
+    sam_embeddings_in_memory: int = 8
     # Metrics (common/metrics.py). GET /metrics needs `Authorization: Bearer <token>` with
     # this token (or the file's; empty: /metrics answers 401 to everyone): a scrape-only
     # secret, so Prometheus never holds an API key.
@@ -191,6 +208,11 @@ class Settings:
                 continue
             kwargs[spec.name] = _convert(spec.name, spec.type, raw)
         settings = cls(**kwargs, environ=values)  # type: ignore[arg-type]
+        if settings.sam_decoder_queue not in DECODER_QUEUES:
+            raise SettingsError(
+                f"CV_SAM_DECODER_QUEUE={settings.sam_decoder_queue!r}: choose one of "
+                + ", ".join(DECODER_QUEUES)
+            )
         return settings.with_password_files()
 
     def with_password_files(self) -> Settings:

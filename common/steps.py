@@ -17,7 +17,9 @@ from common.contract import (
     QUEUE_POSTPROCESS,
     QUEUE_PREPROCESS,
     TASK_INFER_DETECT,
+    TASK_INFER_DETECT_SAM,
     TASK_INFER_FACES,
+    TASK_INFER_SAM,
     TASK_INFER_SEGMENT,
     TASK_POSTPROCESS_BLUR,
     TASK_POSTPROCESS_CROPS,
@@ -83,6 +85,34 @@ _YOLO_OPTIONS = (
     Option("classes", "class-list", None, "Class ids to keep (default all)."),
     Option("image_size", "integer", 640, "Model input size (multiple of 32).", 32, 2048),
 )
+_SAM_OPTIONS = (
+    _MODEL,
+    Option(
+        "boxes",
+        "string",
+        None,
+        "sam: JSON [[x1, y1, x2, y2], ...] in original pixels, one object each.",
+    ),
+    Option(
+        "points",
+        "string",
+        None,
+        "sam: JSON [[x, y], ...] (one object each) or [[[x, y], ...], ...] (points per "
+        "object); with boxes, row n of each is object n.",
+    ),
+    Option(
+        "labels",
+        "string",
+        None,
+        "sam: JSON labels shaped as points without coordinates: 1 in the object, 0 not "
+        "(default all 1).",
+    ),
+)
+_DETECT_SAM_OPTIONS = (
+    _MODEL,
+    Option("detector", "string", "yolov8n", "detect-sam: the detect model whose boxes prompt SAM."),
+    *_YOLO_OPTIONS[1:],
+)
 _BLUR_METHOD = Option(
     "blur_method", "string", "gaussian", "How regions are hidden.", enum=("gaussian", "pixelate")
 )
@@ -137,6 +167,14 @@ STEPS: dict[str, StepDef] = {
             QUEUE_INFERENCE,
             (_MODEL, Option("min_confidence", "number", 0.9, "Minimum face probability.", 0, 1)),
             "faces",
+        ),
+        StepDef("inference.sam", TASK_INFER_SAM, QUEUE_INFERENCE, _SAM_OPTIONS, "sam"),
+        StepDef(
+            "inference.detect-sam",
+            TASK_INFER_DETECT_SAM,
+            QUEUE_INFERENCE,
+            _DETECT_SAM_OPTIONS,
+            "sam",
         ),
         _postprocess(
             "annotate", TASK_POSTPROCESS_DETECT, "annotated", _DRAW_LABELS, _OUTPUT_FORMAT

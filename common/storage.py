@@ -85,10 +85,43 @@ class Storage:
 
     def key(self, tenant: str, job_id: str, *parts: str) -> str:
         """The storage key of ``parts`` (e.g. ``"artifacts", "blurred.jpg"``) of a job."""
+        return self._key(self.job_dir(tenant, job_id), parts)
+
+    def image_dir(self, tenant: str, image_id: str) -> Path:
+        """An uploaded image of ``POST /v1/images`` and what its prompts left (mask logits)."""
+        if not _JOB_ID.match(image_id):
+            raise StorageKeyError(f"not an image id: {image_id!r}")
+        return self.tenant_dir(tenant) / "images" / image_id
+
+    def image_key(self, tenant: str, image_id: str, *parts: str) -> str:
+        return self._key(self.image_dir(tenant, image_id), parts)
+
+    def embedding_key(self, tenant: str, name: str) -> str:
+        """The key of one cached image embedding (``celery_worker.embeddings``)."""
+        return self._key(self.tenant_dir(tenant) / "embeddings", (name,))
+
+    def remove_image(self, tenant: str, image_id: str) -> None:
+        shutil.rmtree(self.image_dir(tenant, image_id), ignore_errors=True)
+
+    def image_ids(self, tenant: str) -> list[str]:
+        """Ids of the tenant's images that have files, for upkeep."""
+        images = self.tenant_dir(tenant) / "images"
+        if not images.is_dir():
+            return []
+        return [p.name for p in images.iterdir() if _JOB_ID.match(p.name)]
+
+    def embedding_keys(self, tenant: str) -> list[str]:
+        """Keys of the tenant's embedding files, for upkeep."""
+        folder = self.tenant_dir(tenant) / "embeddings"
+        if not folder.is_dir():
+            return []
+        return [str(p.relative_to(self.root)) for p in folder.iterdir() if p.suffix == ".npz"]
+
+    def _key(self, folder: Path, parts: tuple[str, ...]) -> str:
         for part in parts:
             if not _NAME.match(part):
                 raise StorageKeyError(f"bad file name: {part!r}")
-        return str(self.job_dir(tenant, job_id).relative_to(self.root).joinpath(*parts))
+        return str(folder.relative_to(self.root).joinpath(*parts))
 
     def path(self, key: str) -> Path:
         """The absolute path of a key; refuses keys that escape the storage directory."""

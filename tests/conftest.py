@@ -81,8 +81,17 @@ def yolo_seg_weights(stack_dir: Path, assets: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def sam_weights(stack_dir: Path) -> Path:
+    """Random MobileSAM weights (their masks kept: tests.support.sam) where the stack's
+    catalogue looks for mobile-sam; the other SAM models have none."""
+    from tests.support.sam import build_scoring_sam
+
+    return build_scoring_sam(stack_dir / "models" / "mobile_sam.pt")
+
+
+@pytest.fixture(scope="session")
 def stack_env(
-    stack_dir: Path, yolo_weights: Path, yolo_seg_weights: Path
+    stack_dir: Path, yolo_weights: Path, yolo_seg_weights: Path, sam_weights: Path
 ) -> Iterator[dict[str, str]]:
     stack.require_servers()
     stack.fresh_vhost()
@@ -120,7 +129,7 @@ def workers(
     stack_env: dict[str, str], stack_settings: Settings, stack_dir: Path
 ) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
     """One real Celery worker per queue; ready once the inference one reports its models
-    (those the stack has weights for: the SAM family's are absent, and reported so)."""
+    (those the stack has weights for: of the SAM family only mobile-sam's, random)."""
     from common.catalogue import load_catalogue
     from common.jobstore import JobStore
 

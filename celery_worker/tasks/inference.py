@@ -19,6 +19,7 @@ from celery_worker.errors import ChunkAlreadyDone, InputError, ModelUnavailable
 from celery_worker.masks import pack
 from celery_worker.models import LoadedModel, detect_faces, yolo_arguments
 from celery_worker.task import chunk_step, job_step
+from celery_worker.tasks.sam import detector, video_prompts
 from celery_worker.video.chunks import chunk_finished, work_key
 from celery_worker.video.frames import detect_frames
 from common.contract import (
@@ -122,7 +123,15 @@ def infer_chunk(ctx: WorkerContext, payload: ChunkPayload) -> ChunkPayload:
         raise InputError(f"the decoded frames of chunk {index} are missing from storage") from exc
     missing = set(payload.get("missing") or [])
     positions = [p for p in range(chunk["count"]) if p not in missing]
-    found = detect_frames(loaded, [frames[p] for p in positions], payload["options"])
+    prompts, finder = None, None
+    if loaded.spec.task == "sam":  # pipelines sam (the job's prompts) and detect-sam
+        if payload["options"].get("detector"):
+            finder = detector(ctx, str(payload["options"]["detector"]))
+        else:
+            prompts = video_prompts(payload)
+    found = detect_frames(
+        loaded, [frames[p] for p in positions], payload["options"], prompts, finder
+    )
     per_position = dict(zip(positions, found, strict=True))
     document = {
         "model": loaded.report(),

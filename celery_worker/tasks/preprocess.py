@@ -16,6 +16,7 @@ from celery_worker.errors import ChunkAlreadyDone, InputError, ModelUnavailable
 from celery_worker.imaging import decode_image, faces_input, letterbox
 from celery_worker.models import rectangular_input
 from celery_worker.task import chunk_step, job_step
+from celery_worker.tasks.sam import identity
 from celery_worker.video.chunks import chunk_finished, plan_chunks, save_array, work_key
 from celery_worker.video.decode import decode_chunk
 from celery_worker.video.demux import VideoDecodeError
@@ -39,6 +40,7 @@ def preprocess_image(ctx: WorkerContext, payload: ImagePayload) -> ImagePayload:
 
     detect, segment: BGR, letterboxed to ``image_size`` exactly as Ultralytics does it.
     faces: RGB, downscaled to at most ``imaging.FACES_MAX_SIDE``.
+    sam (the SAM family, also in detect-sam): the picture itself (BGR).
     The original size and the transform travel on, to map results back.
     """
     job_id = payload["job_id"]
@@ -56,6 +58,9 @@ def preprocess_image(ctx: WorkerContext, payload: ImagePayload) -> ImagePayload:
             "width": model_input.shape[1],
             "height": model_input.shape[0],
         }
+    elif spec.task == "sam":
+        # The SAM family letterboxes to 1024 itself: it gets the picture as it is.
+        model_input, box = image, identity(width, height)
     else:
         auto = rectangular_input(spec.weights)
         model_input, box = letterbox(image, int(payload["options"]["image_size"]), auto=auto)

@@ -18,12 +18,26 @@ from celery_worker.adapters import from_mtcnn, from_yolo
 from celery_worker.detections import Detections
 from celery_worker.imaging import faces_input
 from celery_worker.models import LoadedModel, detect_faces, yolo_arguments
+from common.prompts import Prompt
 
 
 def detect_frames(
-    loaded: LoadedModel, frames: Sequence[np.ndarray], options: dict[str, Any]
+    loaded: LoadedModel,
+    frames: Sequence[np.ndarray],
+    options: dict[str, Any],
+    prompts: Sequence[Prompt] | None = None,
+    finder: LoadedModel | None = None,
 ) -> list[Detections]:
-    """Run the model of ``loaded`` (detect, segment or faces) on frames, ``max_batch`` at once."""
+    """Run the model of ``loaded`` (detect, segment or faces) on frames, ``max_batch`` at once.
+
+    A SAM model answers ``prompts`` on each frame, or segments what ``finder`` (a
+    detector: detect-sam) finds on it, one frame at a time.
+    """
+    if loaded.spec.task == "sam":
+        from celery_worker.tasks.sam import segment_frame
+
+        metrics.batch_run(loaded.spec.name, len(frames))
+        return [segment_frame(loaded, frame, options, prompts, finder) for frame in frames]
     config = loaded.spec.config
     batch = max(1, config.max_batch if config else 1)
     out: list[Detections] = []

@@ -6,6 +6,7 @@
 - ``batches``: batch documents;
 - ``workers``: the registry of inference workers and their models;
 - ``tenants``: tenants, their limits and signing secrets; ``apikeys``: API keys;
+- ``images``: images for interactive segmentation, and the embedding cache's index;
 - ``events`` (``common.events``): the tenants' streams of job events.
 
 ``JobStore`` holds one of each over one Redis client and prefix.
@@ -22,6 +23,7 @@ from common.events import EventLog
 from common.jobstore.apikeys import ApiKeys
 from common.jobstore.batches import Batches
 from common.jobstore.chunks import ChunkLedger
+from common.jobstore.images import Images
 from common.jobstore.keys import Keys
 from common.jobstore.records import JobRecords
 from common.jobstore.tenants import Tenants
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
 
 class JobStore:
     """Everything the service keeps in Redis, by concept: ``jobs``, ``chunks``,
-    ``batches``, ``workers``, ``tenants``, ``apikeys``."""
+    ``batches``, ``workers``, ``tenants``, ``apikeys``, ``images``."""
 
     def __init__(
         self,
@@ -53,6 +55,7 @@ class JobStore:
         self.workers = WorkerRegistry(self.redis, self.keys, ttl_seconds)
         self.tenants = Tenants(self.redis, self.keys, ttl_seconds)
         self.apikeys = ApiKeys(self.redis, self.keys, ttl_seconds)
+        self.images = Images(self.redis, self.keys, ttl_seconds)
         self.events = EventLog(
             self.redis, self.keys, events_retention_seconds, events_max_per_tenant
         )

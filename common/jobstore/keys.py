@@ -47,6 +47,22 @@ key                                type    what
                                            created_at, last_used_at, revoked_at; never the key
 ``cv:apikey-hash:<sha256>``        string  the id of the key with this hash
 ``cv:lock:<name>``                 string  held by one process per period (``upkeep``)
+``cv:t:<tenant>:image:<id>``       hash    an image of ``POST /v1/images``: sha256, storage
+                                           key, size, and per SAM model its embedding's
+                                           state (``embedding:<model>``, JSON); expires
+                                           after ``CV_IMAGE_TTL_SECONDS`` unused (``images``)
+``cv:t:<tenant>:images``           zset    the tenant's image ids, scored by last use
+                                           (upkeep removes the files of expired ones)
+``cv:t:<tenant>:embedding:<name>`` hash    one cached embedding, ``<name>`` = content
+                                           sha256 + ``-`` + weights sha256[:16]: storage
+                                           key, bytes, model; expires unused after
+                                           ``CV_EMBEDDING_TTL_SECONDS``
+``cv:t:<tenant>:embeddings``       zset    the tenant's embedding names by last use: the
+                                           least recently used go past
+                                           ``CV_EMBEDDING_CACHE_BYTES`` (``usage`` field
+                                           ``embedding_bytes`` counts them)
+``cv:job:<id>:answered``           list    a prompt job's worker pushes here when it ends;
+                                           the API request waiting for it pops
 =================================  ======  =================================================
 
 A video's record also holds ``frames_total``, ``chunks_total``, per stage
@@ -138,6 +154,7 @@ class Keys:
             self.job(job_id),
             self.result(job_id),
             self.dispatched(job_id),
+            self.answered(job_id),
             *(self.chunks(job_id, stage) for stage in STAGES),
         ]
 
@@ -161,6 +178,21 @@ class Keys:
 
     def lock(self, name: str) -> str:
         return f"{self.prefix}:lock:{name}"
+
+    def image(self, tenant: str, image_id: str) -> str:
+        return f"{self.prefix}:t:{tenant}:image:{image_id}"
+
+    def images(self, tenant: str) -> str:
+        return f"{self.prefix}:t:{tenant}:images"
+
+    def embedding(self, tenant: str, name: str) -> str:
+        return f"{self.prefix}:t:{tenant}:embedding:{name}"
+
+    def embeddings(self, tenant: str) -> str:
+        return f"{self.prefix}:t:{tenant}:embeddings"
+
+    def answered(self, job_id: str) -> str:
+        return f"{self.job(job_id)}:answered"
 
 
 @dataclass

@@ -82,14 +82,17 @@ def test_redact_hides_the_chosen_classes_only(api_client: Any, assets: Path) -> 
 
 
 def test_models_endpoint_reports_what_the_workers_loaded(
-    api_client: Any, yolo_weights: Path, yolo_seg_weights: Path
+    api_client: Any, yolo_weights: Path, yolo_seg_weights: Path, sam_weights: Path
 ) -> None:
     models = {m["name"]: m for m in api_client.get("/v1/models").json()["models"]}
-    sam = {"mobile-sam", "sam-b", "sam-l", "sam-h", "sam2-t", "sam2-s", "sam2-b", "sam2-l"}
-    assert set(models) == {"yolov8n", "yolo11n-seg", "mtcnn"} | sam
+    sam = {"sam-b", "sam-l", "sam-h", "sam2-t", "sam2-s", "sam2-b", "sam2-l"}
+    assert set(models) == {"yolov8n", "yolo11n-seg", "mtcnn", "mobile-sam"} | sam
     for name in sam:  # listed, with why not, until their weights are there
         assert models[name]["task"] == "sam" and not models[name]["available"]
         assert "no weights file" in models[name]["unavailable_reason"], models[name]
+    mobile = models["mobile-sam"]  # the stack's random weights
+    assert mobile["available"] and mobile["task"] == "sam", mobile
+    assert mobile["weights_sha256"] == hashlib.sha256(sam_weights.read_bytes()).hexdigest()
     detect = models["yolov8n"]
     assert detect["available"] and detect["task"] == "detect" and detect["format"] == "pt"
     assert detect["weights_sha256"] == hashlib.sha256(yolo_weights.read_bytes()).hexdigest()

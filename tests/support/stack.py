@@ -136,7 +136,7 @@ def stack_environment(tmp: Path, weights: Path, segment_weights: Path) -> dict[s
         "CV_STORAGE_DIR": str(tmp / "storage"),
         "CV_DETECT_WEIGHTS": str(weights),
         "CV_SEGMENT_WEIGHTS": str(segment_weights),
-        # The SAM family's weights are looked for here: none, unless a test puts some.
+        # The SAM family's weights are looked for here: mobile_sam.pt alone (random).
         "CV_MODELS_DIR": str(tmp / "models"),
         "CV_DEVICE": "cpu",
         "CV_MAX_UPLOAD_BYTES": str(2 * 1024 * 1024),

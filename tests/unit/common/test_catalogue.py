@@ -10,7 +10,7 @@ from common.catalogue import CatalogueError, expand, load_catalogue
 from common.settings import Settings
 from tests.support.catalogue import CATALOGUE
 
-SHIPPED = {"detect", "segment", "blur-faces", "detect-crops", "redact"}
+SHIPPED = {"detect", "segment", "blur-faces", "detect-crops", "redact", "sam", "detect-sam"}
 
 
 def test_shipped_pipelines_and_models() -> None:
