@@ -100,7 +100,9 @@ def from_options(boxes: str | None, points: str | None, labels: str | None) -> l
         raise PromptError("a sam job needs the option boxes or points (or both)")
     if label_rows is not None and point_rows is None:
         raise PromptError("option labels goes with option points")
-    boxes_out = [_box(row, f"boxes[{n}]") for n, row in enumerate(_rows(box_rows, "boxes"))]
+    boxes_out = []
+    if box_rows is not None:
+        boxes_out = [_box(row, f"boxes[{n}]") for n, row in enumerate(_rows(box_rows, "boxes"))]
     points_out: list[tuple[tuple[tuple[float, float], ...], tuple[int, ...]]] = []
     if point_rows is not None:
         rows = _rows(point_rows, "points")

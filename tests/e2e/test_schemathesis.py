@@ -66,7 +66,8 @@ SUMMARY_ERRORS = re.compile(r"^Errors:\n((?:[ \t]+\S.*\n)+)", re.MULTILINE)
 
 # Statuses a schema-valid upload may still get: JSON Schema cannot say that the file must
 # be an image or video (415) within its kind's size and pixel limits (413, 422), nor which
-# options belong to which pipeline, nor which callback hosts the configuration allows (400).
+# options belong to which pipeline, nor which callback hosts the configuration allows (400);
+# nor, for a segment request, whether its points lie inside the image (400).
 # The operations' descriptions say so; every other operation keeps the default expectation.
 UPLOAD_ACCEPTS = ["2xx", "400", "401", "403", "404", "409", "413", "415", "422", "429", "5xx"]
 
@@ -78,7 +79,7 @@ COMMON_CONFIG = f"""
 inference.algorithms = ["location-headers"]
 
 [[operations]]
-include-operation-id = ["create_job", "create_batch"]
+include-operation-id = ["create_job", "create_batch", "upload_image", "segment_image"]
 checks.positive_data_acceptance.expected-statuses = {json.dumps(UPLOAD_ACCEPTS)}
 
 # A plain GET of the WebSocket endpoint answers 426 (Upgrade Required), valid or not.

@@ -222,6 +222,10 @@ def test_delete_removes_the_image_its_masks_and_embedding(
     assert_problem(api_client.delete(f"/v1/images/{image_id}"), 404, "no image")
     after = api_client.get("/v1/usage").json()
     assert after["usage"]["bytes"] == used["usage"]["bytes"] - len(data)
+    # Uploaded again: a new image, encoded again (the worker's memory does not answer for
+    # an embedding the cache no longer has).
+    assert upload(api_client, data).status_code == 201
+    assert ready(api_client, image_id)["embeddings"]["mobile-sam"]["source"] == "encoder"
 
 
 def test_uploads_are_checked_like_job_uploads(api_client: Any) -> None:
@@ -289,3 +293,61 @@ def test_detect_sam_gives_one_mask_per_detection(
     for detection, want in zip(detections, expected, strict=True):
         assert iou(decode_rle(detection["rle"]), want) >= 0.99
     assert result["model"]["embedding"]["detector"]["name"] == "yolov8n"
+
+
+def test_the_decoder_runs_on_the_cpu_workers_when_configured(
+    stack_settings: Any, workers: Any, keys: Any, assets: Path
+) -> None:
+    """CV_SAM_DECODER_QUEUE=postprocess: the encoder stays on the inference queue (first
+    in the chain when the embedding is missing), the decoder runs on a CPU worker."""
+    from dataclasses import replace
+
+    from api.app import create_app
+    from tests.support.keys import headers
+
+    app = create_app(replace(stack_settings, sam_decoder_queue="postprocess"))
+    client = app.test_client(base_url="http://localhost")
+    client.headers.update(headers(keys.acme))
+    data, _ = fresh_jpeg(assets)
+    image_id = upload(client, data).json()["id"]
+    queued = segment(client, image_id, prompts=[{"box": BOXES[0]}])
+    assert queued.status_code == 202, queued.text  # the embedding was only queued
+    job = wait_for_job(lambda j: client.get(f"/v1/jobs/{j}").json(), queued.json()["id"], 90)
+    assert job["state"] == "succeeded", job["error"]
+    assert [(s["name"], s["queue"]) for s in job["steps"]] == [("inference", "postprocess")]
+    answered = segment(client, image_id, prompts=[{"box": BOXES[1]}])
+    assert answered.status_code == 200, answered.text
+    assert answered.json()["model"]["embedding"]["source"] in ("cache", "memory")
+
+
+@pytest.mark.parametrize("pipeline", ["sam", "detect-sam"])
+def test_sam_pipelines_run_on_video(api_client: Any, tmp_path: Path, pipeline: str) -> None:
+    import json
+
+    from tests.integration.test_video import artifact, read_video, run_video
+    from tests.support.videos import moving_shapes
+
+    source = tmp_path / "shapes.webm"
+    moving_shapes(source, seconds=0.4, fps=10)  # 4 frames of 320 x 240
+    fields: dict[str, Any] = {"pipeline": pipeline, "max_side": 160}
+    if pipeline == "sam":
+        fields["boxes"] = json.dumps([[20, 20, 300, 220]])  # source pixels: halved with it
+    else:
+        fields["max_detections"] = 3
+    job = run_video(api_client, source, fields)
+    assert job["state"] == "succeeded", job["error"]
+    frames = json.loads(artifact(api_client, job, "frames.json"))
+    assert len(frames) == 4
+    for frame in frames:
+        detections = frame["detections"]
+        if pipeline == "sam":
+            assert len(detections) == 1 and detections[0]["class_name"] == "object"
+        else:
+            assert 1 <= len(detections) <= 3
+        for detection in detections:
+            assert detection["area"] > 0 and detection["polygons"]
+            for polygon in detection["polygons"]:
+                points = np.asarray(polygon)
+                assert (points >= 0).all() and (points <= [160, 120]).all()
+    outputs, _ = read_video(artifact(api_client, job, "overlay.mp4"), tmp_path)
+    assert len(outputs) == 4 and outputs[0].shape == (120, 160, 3)
