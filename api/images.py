@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
+import time
 import uuid
 from typing import IO, Any
 
@@ -31,10 +33,11 @@ from api.pipelines import model_status
 from api.services import Services
 from api.submissions import check_image
 from common.chains import build_prompt, rank
+from common.clock import seconds_since
 from common.contract import PROMPT_PIPELINE, QUEUE_INFERENCE, TASK_SAM_EMBED
 from common.jobstore.images import image_id_of
 from common.jobstore.records import OverLimit
-from common.prompts import PromptError, check_inside, parse_request
+from common.prompts import PromptError, check_inside, check_masks, parse_request
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +81,13 @@ def upload(
     if created:
         svc.quotas.admit(tenant, 0, size)
         key = svc.storage.image_key(tenant, image_id, "image" + header.extension)
+        width, height = header.upright  # as the workers decode it: prompts are in these
         fields = {
             "tenant": tenant,
             "sha256": sha256,
             "key": key,
-            "width": header.width,
-            "height": header.height,
+            "width": width,
+            "height": height,
             "bytes": size,
             "content_type": header.content_type,
             "format": header.format,
@@ -99,7 +103,7 @@ def upload(
     else:
         images.touch(tenant, image_id, ttl)
     record = images.get(tenant, image_id) or {}
-    if embedding_state(svc, record, model) in ("absent", "failed", "evicted"):
+    if embedding_state(svc, record, model) in ("absent", "failed", "evicted", "stale"):
         queue_embedding(svc, record, model)
         record = images.get(tenant, image_id) or record
     return view(svc, record), created
@@ -114,8 +118,6 @@ def queue_embedding(svc: Services, record: dict[str, Any], model: str) -> None:
         "input_key": record["key"],
         "sha256": record["sha256"],
     }
-    images = svc.store.images
-    images.set_embedding_state(payload["tenant"], record["id"], model, {"state": "queued"})
     try:
         svc.celery.signature(
             TASK_SAM_EMBED,
@@ -125,29 +127,43 @@ def queue_embedding(svc: Services, record: dict[str, Any], model: str) -> None:
             priority=rank("normal"),
         ).apply_async()
     except OperationalError as exc:
-        images.set_embedding_state(payload["tenant"], record["id"], model, {})
         raise ServiceUnavailable("the message broker does not answer") from exc
+    mark_queued(svc, record, model)
+
+
+def mark_queued(svc: Services, record: dict[str, Any], model: str) -> None:
+    svc.store.images.set_embedding_state(record["tenant"], record["id"], model, {"state": "queued"})
 
 
 def embedding_state(svc: Services, record: dict[str, Any], model: str) -> str:
-    """queued, ready, failed, evicted (was ready; gone from the cache since) or absent."""
+    """queued, ready, failed, evicted (was ready; gone from the cache since), stale (queued
+    longer than a step may run: its message was lost) or absent."""
     state = (record.get("embeddings") or {}).get(model) or {}
     name = state.get("state") or "absent"
     if name == "ready" and not svc.store.images.has_embedding(
         record["tenant"], str(state.get("name"))
     ):
         return "evicted"
+    queued_at = state.get("updated_at")
+    if name == "queued" and queued_at and seconds_since(queued_at, time.time()) > stale_after(svc):
+        return "stale"
     return str(name)
+
+
+def stale_after(svc: Services) -> float:
+    """A queued embedding older than this was lost (a broker purged, a poison message)."""
+    return 2.0 * svc.settings.step_time_limit_seconds + 60
 
 
 def view(svc: Services, record: dict[str, Any]) -> dict[str, Any]:
     """What ``GET /v1/images/{id}`` shows."""
     embeddings = {}
     for model, state in (record.get("embeddings") or {}).items():
-        if not state:
+        if not state.get("state"):
             continue
         shown = {k: v for k, v in state.items() if k != "name"}
-        shown["state"] = embedding_state(svc, record, model)
+        now = embedding_state(svc, record, model)
+        shown["state"] = "queued" if now == "stale" else now  # re-queued by the next upload
         embeddings[model] = shown
     image_id = record["id"]
     return {
@@ -195,7 +211,7 @@ def segment(
     model = sam_model(svc, body.get("model") or record["model"])
     try:
         prompts = parse_request(body.get("prompts") or [])
-        check_inside(prompts, record["width"], record["height"])
+        check_inside(prompts, *upright(record))
     except PromptError as exc:
         raise BadRequest(str(exc)) from exc
     for prompt in prompts:
@@ -205,11 +221,14 @@ def segment(
                 raise BadRequest(
                     f"mask_input {prompt.mask_input!r} is not a mask answered on this image"
                 )
+    try:
+        check_masks(len(prompts) * (3 if body.get("multimask") else 1), *upright(record))
+    except PromptError as exc:
+        raise BadRequest(str(exc)) from exc
     limits = svc.quotas.admit(tenant, 1, 0)
     svc.store.images.touch(tenant, image_id, svc.settings.image_ttl_seconds)
-    ready = embedding_state(svc, record, model) == "ready"
-    if not ready and embedding_state(svc, record, model) != "queued":
-        svc.store.images.set_embedding_state(tenant, image_id, model, {"state": "queued"})
+    state = embedding_state(svc, record, model)
+    ready = state == "ready"
     options = {
         "model": model,
         "multimask": bool(body.get("multimask", False)),
@@ -218,9 +237,11 @@ def segment(
         "prompts": [p.to_json() for p in prompts],
     }
     job = _enqueue(svc, caller, record, options, ready, limits.active_jobs)
+    if state != "queued" and not ready:
+        mark_queued(svc, record, model)  # the job computes it on its way
     bound = svc.settings.segment_wait_seconds
     wait = min(float(body.get("wait", bound)), bound)
-    if not ready or not svc.store.images.wait_answered(job["id"], wait):
+    if not ready or not _wait(svc, job["id"], wait):
         return job, False
     done = svc.store.jobs.get(job["id"]) or job
     if done["state"] == "succeeded":
@@ -234,6 +255,26 @@ def segment(
             raise UnprocessableImage(detail)
         raise ServiceUnavailable(detail)
     return done, False
+
+
+_WAITING: dict[int, threading.BoundedSemaphore] = {}
+
+
+def _wait(svc: Services, job_id: str, seconds: float) -> bool:
+    """Wait for a prompt job's answer, unless this process has ``CV_SEGMENT_MAX_WAITING``
+    requests waiting already (each holds a thread): then the job is the answer."""
+    limit = svc.settings.segment_max_waiting
+    waiting = _WAITING.setdefault(limit, threading.BoundedSemaphore(limit))
+    if not waiting.acquire(blocking=False):
+        return False
+    try:
+        return svc.store.images.wait_answered(job_id, seconds)
+    finally:
+        waiting.release()
+
+
+def upright(record: dict[str, Any]) -> tuple[int, int]:
+    return int(record["width"]), int(record["height"])
 
 
 def _enqueue(

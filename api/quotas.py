@@ -134,4 +134,5 @@ class Quotas:
                 "submissions_per_minute": used,
                 "bytes": self.store.jobs.bytes_stored(tenant),
             },
+            "embedding_bytes": self.store.images.embedding_bytes(tenant),
         }

@@ -40,7 +40,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -318,21 +318,30 @@ def start_api(
 
 @contextmanager
 def own_stack(
-    api_workers: int, worker_nice: int = 0, event_workers: int = 0, event_nice: int = 0
+    api_workers: int,
+    worker_nice: int = 0,
+    event_workers: int = 0,
+    event_nice: int = 0,
+    vhost: str = VHOST,
+    setup: Callable[[Path, dict[str, str]], None] | None = None,
 ) -> Iterator[tuple[str, str, Any, dict[str, str]]]:
     """RabbitMQ and Redis as `make test` runs them; a vhost, Redis prefix, storage, one
     worker per queue and a gunicorn with ``api_workers`` processes of this benchmark's own
-    (so a running stack is never touched). Yields the API's URL, the store and the keys."""
+    (so a running stack is never touched). ``setup(folder, env)`` runs before the processes
+    start (weights into ``folder / "models"``, settings into ``env``). Yields the API's
+    URL, the events' URL, the store and the keys of tenants ``a`` and ``b``."""
     from common.contract import QUEUES
     from common.jobstore import JobStore
     from tests.support import stack
 
     stack.require_servers()
-    stack.fresh_vhost(VHOST)
+    stack.fresh_vhost(vhost)
     tmp = Path(tempfile.mkdtemp(prefix="bench-events-"))
     env = stack.stack_environment(tmp, tmp / "none.pt", tmp / "none-seg.pt")
-    env["CV_BROKER_URL"] = stack.broker_url(VHOST, password=False)
+    env["CV_BROKER_URL"] = stack.broker_url(vhost, password=False)
     env["CV_KEY_CACHE_SECONDS"] = "2"
+    if setup is not None:
+        setup(tmp, env)
     settings = Settings.from_env(env, env_file=Path("/nonexistent"))
     store = JobStore.from_settings(settings)
     keys = {}

@@ -64,10 +64,10 @@ class EmbeddingCache:
         """The cached embedding of this picture under ``loaded``'s weights, or None."""
         from celery_worker.sam import Embedding
 
-        settings, images = self.ctx.settings, self.ctx.store.images
+        images = self.ctx.store.images
         name = embedding_name(content_sha256, str(loaded.info["weights_sha256"]))
         started = time.perf_counter()
-        entry = images.embedding(tenant, name, settings.embedding_ttl_seconds)
+        entry = images.embedding(tenant, name)
         if entry is None:
             self._memory.pop((tenant, name), None)
             return None
@@ -123,7 +123,7 @@ class EmbeddingCache:
         storage.write_bytes(key, data)
         fields = {"key": key, "bytes": len(data), "model": loaded.spec.name, "weights": weights}
         removed = self.ctx.store.images.put_embedding(
-            tenant, name, fields, settings.embedding_cache_bytes, settings.embedding_ttl_seconds
+            tenant, name, fields, settings.embedding_cache_bytes
         )
         for old in removed:
             storage.path(old).unlink(missing_ok=True)

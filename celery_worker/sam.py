@@ -32,9 +32,11 @@ from common.prompts import Prompt
 # the score a mask needs to be kept.
 INPUT_SIZE = 1024
 MIN_SCORE = 0.25
-# Prompts answered in one decoder pass at most (detect-sam may bring hundreds of boxes;
-# each pass holds its masks at 1024 x 1024 floats).
+# Prompts answered in one decoder pass at most (detect-sam may bring hundreds of boxes),
+# and the float32 bytes a pass may hold while it scales its masks to full size (each at
+# 1024 x 1024 and at the picture's size): big pictures get smaller passes.
 PASS_PROMPTS = 32
+PASS_BYTES = 512 * 1024**2
 _HIGH_RES = "high_res_feats"
 OBJECT = "object"  # the class name of a mask a prompt asked for
 
@@ -194,17 +196,20 @@ class PromptableSegmenter:
         """Masks for ``prompts`` (``common.prompts``), ``Mask.index`` naming the prompt.
 
         Prompts of one shape (all boxes, all points, ...) share one decoder pass (of at
-        most ``PASS_PROMPTS``: its full-size masks are held at once); points are padded
+        most ``PASS_PROMPTS``, fewer on big pictures: ``PASS_BYTES``); points are padded
         to the longest with SAM's "not a point" label (-1). ``mask_inputs``: the logits
         each prompt's ``mask_input`` names.
         """
         groups: dict[tuple[bool, bool, bool], list[int]] = {}
         for index, prompt in enumerate(prompts):
             groups.setdefault(prompt.shape, []).append(index)
+        per_prompt = 4 * (INPUT_SIZE**2 + embedding.height * embedding.width)
+        per_prompt *= 3 if multimask else 1
+        size = max(1, min(PASS_PROMPTS, PASS_BYTES // per_prompt))
         passes = [
-            (shape, members[first : first + PASS_PROMPTS])
+            (shape, members[first : first + size])
             for shape, members in groups.items()
-            for first in range(0, len(members), PASS_PROMPTS)
+            for first in range(0, len(members), size)
         ]
         out: list[Mask] = []
         for (has_box, has_points, has_mask), members in passes:

@@ -146,8 +146,11 @@ def purge_images(store: JobStore, storage: Storage, settings: Settings, now: flo
     images = store.images
     count = 0
     for tenant in sorted({*store.tenants.names(), *storage.tenants()}):
-        for image_id in images.expired(tenant, now - settings.image_ttl_seconds):
-            images.delete(tenant, image_id)
+        before = now - settings.image_ttl_seconds
+        for image_id in images.expired(tenant, before):
+            gone = images.delete(tenant, image_id, unused_since=before)
+            if gone is None and images.get(tenant, image_id) is not None:
+                continue  # uploaded again meanwhile: it stays, with its files
             storage.remove_image(tenant, image_id)
             count += 1
         for name in images.stale_embeddings(tenant, now - settings.embedding_ttl_seconds):

@@ -52,6 +52,15 @@ class ImageHeader:
     extension: str
     width: int
     height: int
+    # EXIF orientation (1: as stored); 5 to 8 turn the picture a quarter.
+    orientation: int = 1
+
+    @property
+    def upright(self) -> tuple[int, int]:
+        """Width and height as decoded, EXIF orientation applied (OpenCV applies it)."""
+        if self.orientation in (5, 6, 7, 8):
+            return self.height, self.width
+        return self.width, self.height
 
 
 def inspect_image(stream: IO[bytes], max_pixels: int) -> ImageHeader:
@@ -64,6 +73,8 @@ def inspect_image(stream: IO[bytes], max_pixels: int) -> ImageHeader:
             # PSD, ICO, EPS, ...) are never reached by an upload.
             with Image.open(stream, formats=PARSERS) as image:
                 fmt, (width, height) = image.format or "", image.size
+                # OpenCV applies the orientation of JPEG files only.
+                orientation = image.getexif().get(0x0112, 1) if fmt in ("JPEG", "MPO") else 1
     except Image.DecompressionBombError as exc:
         raise ImageUnprocessable(
             f"image declares too many pixels to be decoded safely ({exc}); "
@@ -96,7 +107,8 @@ def inspect_image(stream: IO[bytes], max_pixels: int) -> ImageHeader:
             f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}"
         )
     content_type, extension = FORMATS[fmt]
-    return ImageHeader(fmt, content_type, extension, width, height)
+    turned = orientation if isinstance(orientation, int) else 1
+    return ImageHeader(fmt, content_type, extension, width, height, turned)
 
 
 # Formats refused by name (their parsers are never run), by their leading bytes.

@@ -25,6 +25,9 @@ from typing import Any
 
 MAX_PROMPTS = 64
 MAX_POINTS = 32
+# Full-size mask pixels one answer may hold (bool: bytes): masks x width x height. 2 GB
+# is about 2,000 masks of a 1280 x 720 picture, or 50 of a 40-megapixel one.
+MAX_MASK_PIXELS = 2_000_000_000
 
 
 class PromptError(ValueError):
@@ -151,6 +154,16 @@ def check_inside(prompts: Sequence[Prompt], width: int, height: int) -> None:
                 )
 
 
+def check_masks(count: int, width: int, height: int) -> None:
+    """Refuse answers of ``count`` full-size masks that would not fit ``MAX_MASK_PIXELS``."""
+    if count * width * height > MAX_MASK_PIXELS:
+        most = max(1, MAX_MASK_PIXELS // (width * height))
+        raise PromptError(
+            f"{count} masks of a {width} x {height} picture are too many for one answer; "
+            f"at most {most} (fewer prompts, no multimask, or fewer detections)"
+        )
+
+
 def _json(text: str | None, name: str) -> Any:
     if text is None or str(text).strip() == "":
         return None
@@ -174,9 +187,13 @@ def _rows(value: Any, name: str) -> list[Any]:
 
 
 def _number(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise PromptError(f"{where}: {value!r} is not a finite number")
-    return float(value)
+    try:
+        number = float(value) if isinstance(value, int | float) else math.nan
+    except OverflowError:  # an integer of hundreds of digits
+        number = math.inf
+    if isinstance(value, bool) or not math.isfinite(number):
+        raise PromptError(f"{where}: {str(value)[:40]!r} is not a finite number")
+    return number
 
 
 def _box(value: Any, where: str) -> tuple[float, float, float, float]:

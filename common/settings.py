@@ -161,6 +161,9 @@ class Settings:
     embedding_cache_bytes: int = 2 * 1024**3
     embedding_ttl_seconds: int = 24 * 3600
     segment_wait_seconds: float = 10.0
+    # Segment requests one API process lets wait at once (each holds a thread); past it,
+    # a request answers 202 with its job at once.
+    segment_max_waiting: int = 8
     sam_decoder_queue: str = "inference"
     sam_embeddings_in_memory: int = 8
     # Metrics (common/metrics.py). GET /metrics needs `Authorization: Bearer <token>` with
@@ -208,6 +211,11 @@ class Settings:
                 continue
             kwargs[spec.name] = _convert(spec.name, spec.type, raw)
         settings = cls(**kwargs, environ=values)  # type: ignore[arg-type]
+        if not 0 <= settings.segment_wait_seconds <= 60:
+            raise SettingsError(
+                f"CV_SEGMENT_WAIT_SECONDS={settings.segment_wait_seconds}: 0 to 60 (a request "
+                "that waits longer holds its thread; past the bound it answers 202)"
+            )
         if settings.sam_decoder_queue not in DECODER_QUEUES:
             raise SettingsError(
                 f"CV_SAM_DECODER_QUEUE={settings.sam_decoder_queue!r}: choose one of "

@@ -21,9 +21,11 @@ import io
 import time
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import redis
 from celery.exceptions import Ignore
 
 from celery_worker import artifacts
@@ -36,7 +38,7 @@ from celery_worker.imaging import decode_image
 from celery_worker.masks import pack, rle
 from celery_worker.models import LoadedModel, yolo_arguments
 from celery_worker.sam import MIN_SCORE, Mask, bounds, identity, mask_detections, mask_outlines
-from celery_worker.task import REDIS_RETRY, StepTask, job_step, worker_task
+from celery_worker.task import MAX_REDELIVERIES, REDIS_RETRY, StepTask, job_step, worker_task
 from common.contract import (
     TASK_INFER_DETECT_SAM,
     TASK_INFER_SAM,
@@ -45,7 +47,10 @@ from common.contract import (
     ChunkPayload,
     ImagePayload,
 )
-from common.prompts import Prompt, PromptError, check_inside, from_options
+from common.prompts import Prompt, PromptError, check_inside, check_masks, from_options
+
+# Answered masks whose logits an image keeps for refining (a request may add 192).
+MASKS_PER_IMAGE = 256
 
 
 def segmenter(ctx: WorkerContext, name: str) -> LoadedModel:
@@ -67,9 +72,18 @@ def job_prompts(options: dict[str, Any], width: int, height: int) -> list[Prompt
     try:
         prompts = from_options(options.get("boxes"), options.get("points"), options.get("labels"))
         check_inside(prompts, width, height)
+        check_masks(len(prompts), width, height)
     except PromptError as exc:
         raise InputError(str(exc)) from exc
     return prompts
+
+
+def too_many(count: int, width: int, height: int) -> None:
+    """An input error for more detections than one answer's masks may hold."""
+    try:
+        check_masks(count, width, height)
+    except PromptError as exc:
+        raise InputError(f"{exc} (detect-sam: lower max_detections)") from exc
 
 
 def video_prompts(payload: ChunkPayload) -> list[Prompt]:
@@ -107,6 +121,7 @@ def segment_frame(
     if found is not None:
         if not len(found):
             return found
+        too_many(len(found), width, height)
         prompts = box_prompts(found)
     min_score = -np.inf if found is not None else MIN_SCORE
     masks = loaded.model.answer(loaded.model.encode(frame), prompts or [], min_score=min_score)
@@ -186,6 +201,7 @@ def detect_then_segment(
     report: dict[str, Any] = {"detector": finder.report()}
     if not len(found):
         return [], found, report  # nothing to segment: no embedding either
+    too_many(len(found), width, height)
     embedded = _embedding(ctx, payload, loaded, image)
     masks = loaded.model.answer(embedded.embedding, box_prompts(found), min_score=-np.inf)
     return masks, mask_detections(masks, width, height, found), {**report, **embedded.report()}
@@ -210,14 +226,28 @@ def sam_embed(task: StepTask, payload: dict[str, Any]) -> dict[str, Any]:
     """An image's embedding into the cache; the image's record says how it went. Ahead of
     a prompt job (``job_id``), a failure fails that job and stops its chain."""
     ctx = task.ctx
+    tenant, image_id, model = payload["tenant"], payload["image_id"], payload["model_name"]
     job_id = payload.get("job_id")
     if job_id and ctx.store.jobs.state(job_id) not in ("queued", "running"):
-        raise Ignore()  # cancelled or deleted meanwhile
-    try:
-        loaded = segmenter(ctx, payload["model_name"])
-        found = ctx.embeddings.get_or_encode(
-            payload["tenant"], payload["sha256"], loaded, lambda: image_picture(ctx, payload)
+        ctx.store.images.clear_embedding_state(tenant, image_id, model)
+        raise Ignore()  # cancelled or deleted meanwhile: its prompt job never follows
+    redelivered = bool((task.request.delivery_info or {}).get("redelivered"))
+    if (
+        redelivered
+        and ctx.store.images.count_redelivery(tenant, image_id, model) > MAX_REDELIVERIES
+    ):
+        detail = (
+            f"the worker encoding this image died {MAX_REDELIVERIES + 1} times; not tried again"
         )
+        _embedding_failed(ctx, payload, "worker-lost", detail)
+        raise Ignore()
+    try:
+        loaded = segmenter(ctx, model)
+        found = ctx.embeddings.get_or_encode(
+            tenant, payload["sha256"], loaded, lambda: image_picture(ctx, payload)
+        )
+    except (redis.ConnectionError, redis.TimeoutError):
+        raise  # retried with back-off (REDIS_RETRY)
     except StepFailed as exc:
         _embedding_failed(ctx, payload, exc.kind, str(exc))
         raise Ignore() from None
@@ -239,7 +269,8 @@ def ready_state(found: Found, loaded: LoadedModel) -> dict[str, Any]:
 
 
 def _embedding_failed(ctx: WorkerContext, payload: dict[str, Any], kind: str, detail: str) -> None:
-    embedding_state(ctx, payload, {"state": "failed", "error": {"kind": kind, "detail": detail}})
+    error = {"step": "inference", "kind": kind, "detail": detail}
+    embedding_state(ctx, payload, {"state": "failed", "error": error})
     job_id = payload.get("job_id")
     if job_id and ctx.store.jobs.fail(job_id, "inference", kind, detail):
         ctx.ended(job_id)
@@ -252,12 +283,23 @@ def sam_prompt(ctx: WorkerContext, payload: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     tenant, image_id, options = payload["tenant"], payload["image_id"], payload["options"]
     loaded = segmenter(ctx, payload["model_name"])
-    found = ctx.embeddings.get_or_encode(
-        tenant, payload["sha256"], loaded, lambda: image_picture(ctx, payload)
-    )
-    if found.source == "encoder":
-        embedding_state(ctx, payload, ready_state(found, loaded))
+    try:
+        found = ctx.embeddings.get_or_encode(
+            tenant, payload["sha256"], loaded, lambda: image_picture(ctx, payload)
+        )
+    except StepFailed as exc:  # the job fails with it (job_step); the image says so too
+        error = {"step": "inference", "kind": exc.kind, "detail": str(exc)}
+        embedding_state(ctx, payload, {"state": "failed", "error": error})
+        raise
+    # Ready, whoever encoded it (the request that queued this job marked it queued).
+    embedding_state(ctx, payload, ready_state(found, loaded))
     prompts = [Prompt.from_json(p) for p in payload["prompts"]]
+    height, width = found.embedding.height, found.embedding.width
+    try:
+        check_inside(prompts, width, height)
+        check_masks(len(prompts) * (3 if options["multimask"] else 1), width, height)
+    except PromptError as exc:
+        raise InputError(str(exc)) from exc
     answers = loaded.model.answer(
         found.embedding,
         prompts,
@@ -266,6 +308,7 @@ def sam_prompt(ctx: WorkerContext, payload: dict[str, Any]) -> dict[str, Any]:
         float(options["min_score"]),
     )
     items = []
+    folder = ctx.storage.path(ctx.storage.image_key(tenant, image_id, "masks", "x")).parent
     for answer in answers:
         mask_id = uuid.uuid4().hex
         buffer = io.BytesIO()
@@ -283,6 +326,7 @@ def sam_prompt(ctx: WorkerContext, payload: dict[str, Any]) -> dict[str, Any]:
         if options["rle"]:
             item["rle"] = rle(answer.mask)
         items.append(item)
+    keep_newest(folder, MASKS_PER_IMAGE)
     timings = {
         **payload.get("timings", {}),
         "embedding": round(found.seconds, 4),
@@ -291,7 +335,7 @@ def sam_prompt(ctx: WorkerContext, payload: dict[str, Any]) -> dict[str, Any]:
     result = {
         "job_id": payload["job_id"],
         "pipeline": payload["pipeline"],
-        "image": payload["image"],
+        "image": {"width": width, "height": height},
         "image_id": image_id,
         "model": {**loaded.report(), "embedding": found.report()},
         "options": options,
@@ -302,6 +346,16 @@ def sam_prompt(ctx: WorkerContext, payload: dict[str, Any]) -> dict[str, Any]:
     if not ctx.store.jobs.succeed(payload["job_id"], "inference", result, []):
         raise JobGone(payload["job_id"])
     return {"job_id": payload["job_id"], "pipeline": payload["pipeline"], "timings": timings}
+
+
+def keep_newest(folder: Path, count: int) -> None:
+    """Only the newest ``count`` answered masks of an image are kept (refinable)."""
+    try:
+        files = sorted(folder.glob("*.npy"), key=lambda f: f.stat().st_mtime, reverse=True)
+    except FileNotFoundError:  # the image was deleted meanwhile
+        return
+    for old in files[count:]:
+        old.unlink(missing_ok=True)
 
 
 def _mask_inputs(
@@ -316,6 +370,7 @@ def _mask_inputs(
                 out[prompt.mask_input] = np.load(ctx.storage.path(key), allow_pickle=False)
             except FileNotFoundError:
                 raise InputError(
-                    f"mask {prompt.mask_input!r} is not an answer on this image (or it expired)"
+                    f"mask {prompt.mask_input!r} is not an answer on this image (or one of "
+                    f"the {MASKS_PER_IMAGE} newest, which alone are kept)"
                 ) from None
     return out

@@ -11,7 +11,8 @@ picture under the same weights is encoded once, whether it came through
 ``POST /v1/images`` or a ``sam`` job. Each entry is a hash (storage key, bytes, model)
 and a member of the tenant's list scored by last use; putting one in removes the least
 recently used past ``CV_EMBEDDING_CACHE_BYTES`` in the same script, and upkeep removes
-those unused for ``CV_EMBEDDING_TTL_SECONDS``. Embeddings are a cache: they do not count
+those unused for ``CV_EMBEDDING_TTL_SECONDS`` (entries never expire in Redis on their
+own: their bytes are subtracted as they go). Embeddings are a cache: they do not count
 towards the tenant's bytes stored, and one that is gone is computed again.
 """
 
@@ -24,6 +25,7 @@ from typing import Any
 
 from common.clock import now_iso
 from common.jobstore.keys import StorePart
+from common.jobstore.records import HINCR_IF_EXISTS, HSET_IF_EXISTS
 
 # A new image unless it exists; either way renewed. Returns 1 when it was created.
 # KEYS: record, images list, usage, job-bytes. ARGV: ttl, score, id, bytes, fields...
@@ -31,11 +33,12 @@ _CREATE = """
 local created = 0
 if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+  -- A record that expired before upkeep released its bytes still counts them: once.
+  local member = 'image:' .. ARGV[3]
   local bytes = tonumber(ARGV[4])
-  if bytes > 0 then
-    redis.call('HINCRBY', KEYS[3], 'bytes', bytes)
-    redis.call('HSET', KEYS[4], 'image:' .. ARGV[3], bytes)
-  end
+  local held = tonumber(redis.call('HGET', KEYS[4], member) or '0')
+  if bytes ~= held then redis.call('HINCRBY', KEYS[3], 'bytes', bytes - held) end
+  redis.call('HSET', KEYS[4], member, bytes)
   created = 1
 end
 redis.call('HSET', KEYS[1], 'used_at', ARGV[2])
@@ -44,8 +47,14 @@ redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
 return created
 """
 # An image gone: its record, its place in the list, its bytes. KEYS: record, images list,
-# usage, job-bytes. ARGV: id. Returns the record's fields (empty when there was none).
+# usage, job-bytes. ARGV: id, and optionally a time: only if it was last used before it
+# (upkeep: not one uploaded again meanwhile). Returns the record's fields (empty when
+# there was none), or 0 when it was used since.
 _DELETE = """
+if ARGV[2] then
+  local used = redis.call('ZSCORE', KEYS[2], ARGV[1])
+  if used and tonumber(used) > tonumber(ARGV[2]) then return 0 end
+end
 local fields = redis.call('HGETALL', KEYS[1])
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
@@ -55,28 +64,23 @@ if bytes ~= 0 then redis.call('HINCRBY', KEYS[3], 'bytes', -bytes) end
 redis.call('HDEL', KEYS[4], member)
 return fields
 """
-# A field of an image set, unless the image is gone.
-_HSET_IF_EXISTS = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
-return -1
-"""
 # An embedding into the cache, then the least recently used out until the tenant's
 # embeddings fit ``cap`` bytes (never the one just put). Returns the storage keys of
 # those removed (their files are the caller's to delete).
-# KEYS: entry, the tenant's embeddings list, usage. ARGV: name, score, ttl, cap, bytes,
-# prefix of entry keys, fields...
+# Entries do not expire in Redis: upkeep removes those unused for the TTL (by their
+# score), with their bytes and files. KEYS: entry, the tenant's embeddings list, usage.
+# ARGV: name, score, cap, bytes, prefix of entry keys, fields...
 _PUT_EMBEDDING = """
 local old = tonumber(redis.call('HGET', KEYS[1], 'bytes') or '0')
-redis.call('HSET', KEYS[1], unpack(ARGV, 7))
-redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-local total = redis.call('HINCRBY', KEYS[3], 'embedding_bytes', tonumber(ARGV[5]) - old)
-local cap = tonumber(ARGV[4])
+local total = redis.call('HINCRBY', KEYS[3], 'embedding_bytes', tonumber(ARGV[4]) - old)
+local cap = tonumber(ARGV[3])
 local removed = {}
 while cap > 0 and total > cap do
   local oldest = redis.call('ZRANGE', KEYS[2], 0, 0)[1]
   if oldest == nil or oldest == ARGV[1] then break end
-  local entry = ARGV[6] .. oldest
+  local entry = ARGV[5] .. oldest
   local size = tonumber(redis.call('HGET', entry, 'bytes') or '0')
   local key = redis.call('HGET', entry, 'key')
   if key then table.insert(removed, key) end
@@ -114,7 +118,8 @@ class Images(StorePart):
     def __post_init__(self) -> None:
         self._create = self.redis.register_script(_CREATE)
         self._delete = self.redis.register_script(_DELETE)
-        self._hset_if_exists = self.redis.register_script(_HSET_IF_EXISTS)
+        self._hset_if_exists = self.redis.register_script(HSET_IF_EXISTS)
+        self._hincr_if_exists = self.redis.register_script(HINCR_IF_EXISTS)
         self._put_embedding = self.redis.register_script(_PUT_EMBEDDING)
         self._drop_embedding = self.redis.register_script(_DROP_EMBEDDING)
 
@@ -140,12 +145,25 @@ class Images(StorePart):
             pipe.zadd(self.keys.images(tenant), {image_id: now}, xx=True)
             pipe.execute()
 
-    def delete(self, tenant: str, image_id: str) -> dict[str, Any] | None:
-        """Remove the image's record and bytes; returns what it held (None: no such image)."""
-        raw = self._delete(keys=self._image_keys(tenant, image_id), args=[image_id])
+    def delete(
+        self, tenant: str, image_id: str, unused_since: float | None = None
+    ) -> dict[str, Any] | None:
+        """Remove the image's record and bytes; returns what it held (None: no such image,
+        or, with ``unused_since``, one used after that time: it stays)."""
+        args: list[Any] = [image_id] if unused_since is None else [image_id, repr(unused_since)]
+        raw = self._delete(keys=self._image_keys(tenant, image_id), args=args)
         if not raw:
             return None
         return _decode(dict(zip(raw[::2], raw[1::2], strict=True)))
+
+    def clear_embedding_state(self, tenant: str, image_id: str, model: str) -> None:
+        """Nothing is known of the embedding under ``model`` (a queueing that did not go out)."""
+        self.redis.hdel(self.keys.image(tenant, image_id), f"embedding:{model}")
+
+    def count_redelivery(self, tenant: str, image_id: str, model: str) -> int:
+        """One more delivery of the image's embedding after its worker died; the total."""
+        key = self.keys.image(tenant, image_id)
+        return int(self._hincr_if_exists(keys=[key], args=[f"deliveries:{model}"]))
 
     def set_embedding_state(
         self, tenant: str, image_id: str, model: str, state: dict[str, Any]
@@ -165,28 +183,24 @@ class Images(StorePart):
         return [k.image(tenant, image_id), k.images(tenant), k.usage(tenant), k.job_bytes(tenant)]
 
     # the embedding cache -----------------------------------------------------------
-    def embedding(self, tenant: str, name: str, ttl: int) -> dict[str, str] | None:
-        """The cache entry ``name`` (storage key, bytes, model), renewed; None if absent."""
-        key = self.keys.embedding(tenant, name)
+    def embedding(self, tenant: str, name: str) -> dict[str, str] | None:
+        """The cache entry ``name`` (storage key, bytes, model), marked used; None if absent."""
         with self.redis.pipeline() as pipe:
-            pipe.hgetall(key)
-            pipe.expire(key, ttl)
+            pipe.hgetall(self.keys.embedding(tenant, name))
             pipe.zadd(self.keys.embeddings(tenant), {name: time.time()}, xx=True)
-            entry, _, _ = pipe.execute()
+            entry, _ = pipe.execute()
         return entry or None
 
     def has_embedding(self, tenant: str, name: str) -> bool:
         return bool(self.redis.exists(self.keys.embedding(tenant, name)))
 
-    def put_embedding(
-        self, tenant: str, name: str, fields: dict[str, Any], cap: int, ttl: int
-    ) -> list[str]:
+    def put_embedding(self, tenant: str, name: str, fields: dict[str, Any], cap: int) -> list[str]:
         """Index a stored embedding; returns the storage keys of those it pushed out."""
         flat: list[Any] = []
         for field, value in {"created_at": now_iso(), **fields}.items():
             flat += [field, str(value)]
         keys = [self.keys.embedding(tenant, name), self.keys.embeddings(tenant)]
-        args = [name, repr(time.time()), ttl, cap, int(fields["bytes"])]
+        args = [name, repr(time.time()), cap, int(fields["bytes"])]
         prefix = self.keys.embedding(tenant, "")
         removed: list[str] = self._put_embedding(
             keys=[*keys, self.keys.usage(tenant)], args=[*args, prefix, *flat]
@@ -233,7 +247,7 @@ class Images(StorePart):
 def _decode(raw: dict[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, value in raw.items():
-        if name in ("width", "height", "bytes"):
+        if name in ("width", "height", "bytes") or name.startswith("deliveries:"):
             out[name] = int(value)
         elif name.startswith("embedding:"):
             out.setdefault("embeddings", {})[name.split(":", 1)[1]] = json.loads(value)

@@ -49,14 +49,15 @@ key                                type    what
 ``cv:lock:<name>``                 string  held by one process per period (``upkeep``)
 ``cv:t:<tenant>:image:<id>``       hash    an image of ``POST /v1/images``: sha256, storage
                                            key, size, and per SAM model its embedding's
-                                           state (``embedding:<model>``, JSON); expires
-                                           after ``CV_IMAGE_TTL_SECONDS`` unused (``images``)
+                                           state (``embedding:<model>``, JSON) and worker
+                                           deaths (``deliveries:<model>``); expires after
+                                           ``CV_IMAGE_TTL_SECONDS`` unused (``images``)
 ``cv:t:<tenant>:images``           zset    the tenant's image ids, scored by last use
                                            (upkeep removes the files of expired ones)
 ``cv:t:<tenant>:embedding:<name>`` hash    one cached embedding, ``<name>`` = content
                                            sha256 + ``-`` + weights sha256[:16]: storage
-                                           key, bytes, model; expires unused after
-                                           ``CV_EMBEDDING_TTL_SECONDS``
+                                           key, bytes, model; upkeep removes it (and its
+                                           file) unused for ``CV_EMBEDDING_TTL_SECONDS``
 ``cv:t:<tenant>:embeddings``       zset    the tenant's embedding names by last use: the
                                            least recently used go past
                                            ``CV_EMBEDDING_CACHE_BYTES`` (``usage`` field

@@ -68,11 +68,11 @@ redis.call('HDEL', KEYS[2], ARGV[1])
 return bytes
 """
 # A field of a job hash set, or counted up, unless the record is gone.
-_HSET_IF_EXISTS = """
+HSET_IF_EXISTS = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
 return -1
 """
-_HINCR_IF_EXISTS = """
+HINCR_IF_EXISTS = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('HINCRBY', KEYS[1], ARGV[1], 1) end
 return 0
 """
@@ -83,8 +83,8 @@ class JobRecords(JobTransitions):
 
     def __post_init__(self) -> None:
         # Registered once: each call is an EVALSHA (redis-py reloads a flushed script).
-        self._hset_if_exists = self.redis.register_script(_HSET_IF_EXISTS)
-        self._hincr_if_exists = self.redis.register_script(_HINCR_IF_EXISTS)
+        self._hset_if_exists = self.redis.register_script(HSET_IF_EXISTS)
+        self._hincr_if_exists = self.redis.register_script(HINCR_IF_EXISTS)
         self._create = self.redis.register_script(_CREATE)
         self._release = self.redis.register_script(_RELEASE)
         self.events = EventLog(self.redis, self.keys)  # JobStore passes its own

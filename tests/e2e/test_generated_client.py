@@ -67,6 +67,8 @@ def test_generated_client_submits_polls_and_downloads(
         "blur-faces",
         "detect-crops",
         "redact",
+        "sam",
+        "detect-sam",
     }
 
     with (assets / "zidane.jpg").open("rb") as photo:

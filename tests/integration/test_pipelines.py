@@ -157,7 +157,15 @@ def test_corrupt_image_fails_the_job_with_a_reason(
 
 def test_catalogue_and_readiness_show_the_workers_models(api_client: Any) -> None:
     pipelines = {p["name"]: p for p in api_client.get("/v1/pipelines").json()["pipelines"]}
-    assert set(pipelines) == {"detect", "segment", "blur-faces", "detect-crops", "redact"}
+    assert set(pipelines) == {
+        "detect",
+        "segment",
+        "blur-faces",
+        "detect-crops",
+        "redact",
+        "sam",
+        "detect-sam",
+    }
     for pipeline in pipelines.values():
         assert pipeline["available"] is True and pipeline["unavailable_reason"] is None
         assert [s["queue"] for s in pipeline["steps"]] == ["preprocess", "inference", "postprocess"]

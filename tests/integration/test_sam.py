@@ -222,6 +222,7 @@ def test_delete_removes_the_image_its_masks_and_embedding(
     assert_problem(api_client.delete(f"/v1/images/{image_id}"), 404, "no image")
     after = api_client.get("/v1/usage").json()
     assert after["usage"]["bytes"] == used["usage"]["bytes"] - len(data)
+    assert after["embedding_bytes"] == used["embedding_bytes"] - 2_097_678  # MobileSAM's
     # Uploaded again: a new image, encoded again (the worker's memory does not answer for
     # an embedding the cache no longer has).
     assert upload(api_client, data).status_code == 201
@@ -351,3 +352,27 @@ def test_sam_pipelines_run_on_video(api_client: Any, tmp_path: Path, pipeline: s
                 assert (points >= 0).all() and (points <= [160, 120]).all()
     outputs, _ = read_video(artifact(api_client, job, "overlay.mp4"), tmp_path)
     assert len(outputs) == 4 and outputs[0].shape == (120, 160, 3)
+
+
+def test_an_image_that_cannot_be_decoded_fails_its_embedding_with_a_reason(
+    api_client: Any, assets: Path
+) -> None:
+    """The header is fine (accepted), the pixels are not: the embedding fails with the
+    reason, shown on the image; a prompt on it becomes a job that fails with it too."""
+    whole = (assets / "zidane.jpg").read_bytes()
+    rng = np.random.default_rng()
+    cut = whole[:2000] + bytes(rng.integers(0, 255, 64, dtype=np.uint8))  # header, then noise
+    response = api_client.post("/v1/images", files={"file": ("cut.jpg", cut, "image/jpeg")})
+    assert response.status_code == 201, response.text
+    image_id = response.json()["id"]
+
+    def failed() -> dict[str, Any] | None:
+        state = api_client.get(f"/v1/images/{image_id}").json()["embeddings"]["mobile-sam"]
+        return state if state["state"] == "failed" else None
+
+    state = wait_until(failed, 60, "the embedding to fail")
+    assert state["error"]["kind"] == "input" and state["error"]["detail"]
+    queued = segment(api_client, image_id, prompts=[{"box": BOXES[0]}])
+    assert queued.status_code == 202, queued.text
+    job = wait_for_job(lambda j: api_client.get(f"/v1/jobs/{j}").json(), queued.json()["id"], 60)
+    assert job["state"] == "failed" and job["error"]["kind"] == "input", job

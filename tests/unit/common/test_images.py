@@ -72,3 +72,16 @@ def test_pixel_limit() -> None:
 def test_decompression_bomb_is_refused_from_its_header(side: int) -> None:
     with pytest.raises(ImageUnprocessable):
         inspect_image(io.BytesIO(png_header_only(side, side)), max_pixels=40_000_000)
+
+
+@pytest.mark.parametrize(("orientation", "upright"), [(1, (40, 30)), (6, (30, 40)), (8, (30, 40))])
+def test_the_upright_size_follows_the_exif_orientation(
+    orientation: int, upright: tuple[int, int]
+) -> None:
+    """Prompts are in pixels of the picture as decoded (OpenCV turns JPEGs upright)."""
+    buffer = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.new("RGB", (40, 30)).save(buffer, "JPEG", exif=exif.tobytes())
+    header = inspect_image(buffer, 10_000)
+    assert (header.width, header.height) == (40, 30) and header.upright == upright

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from common.prompts import Prompt, PromptError, check_inside, from_options, parse_request
+from common.prompts import (
+    Prompt,
+    PromptError,
+    check_inside,
+    check_masks,
+    from_options,
+    parse_request,
+)
 
 
 def test_options_are_read_as_ultralytics_reads_its_arguments() -> None:
@@ -33,6 +40,7 @@ def test_options_are_read_as_ultralytics_reads_its_arguments() -> None:
         ("[[1, 2, 3, 4], [1, 2, 3, 4]]", "[[1, 2]]", None, "row n of each"),
         (None, "[[1, 2, 3]]", None, "a point is [x, y]"),
         ("[" + ",".join(["[1, 2, 3, 4]"] * 65) + "]", None, None, "at most 64"),
+        ("[[1, 2, 3, " + "9" * 400 + "]]", None, None, "not a finite number"),
     ],
 )
 def test_bad_options_say_what_to_change(
@@ -63,3 +71,9 @@ def test_coordinates_must_lie_in_the_image() -> None:
     check_inside([Prompt((0, 0, 640, 480), ((640, 480),), (1,))], 640, 480)
     with pytest.raises(PromptError, match=r"prompt 0: \(641, 10\) lies outside the image"):
         check_inside([Prompt(points=((641, 10),), labels=(1,))], 640, 480)
+
+
+def test_answers_too_big_to_hold_are_refused() -> None:
+    check_masks(192, 1280, 720)
+    with pytest.raises(PromptError, match="at most 50"):
+        check_masks(51, 8000, 5000)

@@ -47,12 +47,12 @@ def test_the_least_recently_used_embeddings_go_past_the_cap(store: JobStore) -> 
     names = [embedding_name(str(n) * 64, "w" * 64) for n in range(4)]
 
     def put(name: str, size: int) -> list[str]:
-        return images.put_embedding("acme", name, {"key": f"e/{name}", "bytes": size}, 130, 60)
+        return images.put_embedding("acme", name, {"key": f"e/{name}", "bytes": size}, 130)
 
     for name in names[:3]:
         assert put(name, 40) == []  # 120 bytes: within the cap
         time.sleep(0.01)
-    assert images.embedding("acme", names[0], 60) is not None  # used: now the newest
+    assert images.embedding("acme", names[0]) is not None  # used: now the newest
     assert put(names[3], 60) == [f"e/{names[1]}", f"e/{names[2]}"]  # 180, 140: two go
     assert images.embedding_bytes("acme") == 100
     assert not images.has_embedding("acme", names[1])
@@ -74,7 +74,7 @@ def test_upkeep_removes_unused_images_and_embeddings_with_their_files(
     name = embedding_name("1" * 64, "w" * 64)
     key = storage.embedding_key("acme", f"{name}.npz")
     storage.write_bytes(key, b"x")
-    store.images.put_embedding("acme", name, {"key": key, "bytes": 1}, 0, 60)
+    store.images.put_embedding("acme", name, {"key": key, "bytes": 1}, 0)
     # A file no record names (its worker died before indexing it), an hour old.
     orphan = storage.embedding_key("acme", f"{embedding_name('3' * 64, 'w' * 64)}.npz")
     storage.write_bytes(orphan, b"x")
@@ -93,3 +93,20 @@ def test_upkeep_removes_unused_images_and_embeddings_with_their_files(
     assert storage.image_dir("acme", fresh).exists()
     assert not storage.path(key).exists() and not store.images.has_embedding("acme", name)
     assert store.jobs.bytes_stored("acme") == 100  # the fresh image's alone
+
+
+def test_an_image_recorded_again_after_its_record_expired_counts_once(store: JobStore) -> None:
+    image_id = image(store)
+    store.redis.delete(store.keys.image("acme", image_id))  # expired before upkeep came
+    assert image(store) == image_id
+    assert store.jobs.bytes_stored("acme") == 100
+
+
+def test_upkeep_leaves_an_image_uploaded_again_meanwhile(store: JobStore, tmp_path: Path) -> None:
+    storage = Storage(tmp_path)
+    store.tenants.ensure("acme")
+    image_id = image(store)
+    storage.write_bytes(storage.image_key("acme", image_id, "image.png"), b"x")
+    before = time.time() - 1  # upkeep listed it as unused since then; it was used since
+    assert store.images.delete("acme", image_id, unused_since=before) is None
+    assert store.images.get("acme", image_id) is not None
