@@ -203,9 +203,10 @@ def delete(svc: Services, caller: Caller, image_id: str) -> None:
 
 def segment(
     svc: Services, caller: Caller, image_id: str, body: dict[str, Any]
-) -> tuple[dict[str, Any], bool]:
+) -> dict[str, Any] | str:
     """Record and queue one request's prompts as a job; with the embedding ready, wait for
-    its answer. Returns (the result document, True) or (the job's record, False)."""
+    its answer. Returns the result document as stored (JSON text: sent as it is, not
+    parsed and written again), or the job's record to follow."""
     record = get(svc, caller, image_id)
     tenant = caller.tenant
     model = sam_model(svc, body.get("model") or record["model"])
@@ -234,6 +235,7 @@ def segment(
         "multimask": bool(body.get("multimask", False)),
         "rle": bool(body.get("rle", False)),
         "min_score": float(body.get("min_score", 0.25)),
+        "simplify": float(body.get("simplify", 1.0)),
         "prompts": [p.to_json() for p in prompts],
     }
     job = _enqueue(svc, caller, record, options, ready, limits.active_jobs)
@@ -242,19 +244,19 @@ def segment(
     bound = svc.settings.segment_wait_seconds
     wait = min(float(body.get("wait", bound)), bound)
     if not ready or not _wait(svc, job["id"], wait):
-        return job, False
+        return job
     done = svc.store.jobs.get(job["id"]) or job
     if done["state"] == "succeeded":
-        result = svc.store.jobs.result(job["id"])
+        result = svc.store.jobs.result_text(job["id"])
         if result is not None:
-            return result, True
+            return result
     if done["state"] == "failed":
         error = done.get("error") or {}
         detail = f"the prompts could not be answered: {error.get('detail', 'unknown error')}"
         if error.get("kind") == "input":
             raise UnprocessableImage(detail)
         raise ServiceUnavailable(detail)
-    return done, False
+    return done
 
 
 _WAITING: dict[int, threading.BoundedSemaphore] = {}

@@ -17,6 +17,7 @@ reverse proxy that buffers requests (nginx with ``client_header_timeout`` and
 from __future__ import annotations
 
 import asyncio
+import gc
 from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -85,3 +86,10 @@ class ApiWorker(UvicornWorker):
         }
         setattr(self, "CONFIG_KWARGS", kwargs_of_this_worker)  # noqa: B010 (a ClassVar)
         super().__init__(*args, **kwargs)
+
+    def run(self) -> None:
+        # The app is loaded: what it imported (hundreds of thousands of objects) moves out
+        # of the garbage collector's sight, so a full collection, which a request that
+        # builds a large answer triggers, no longer walks them all.
+        gc.freeze()
+        super().run()

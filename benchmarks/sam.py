@@ -105,10 +105,19 @@ def segment(api: str, key: str, image_id: str, body: dict[str, Any]) -> tuple[in
     )
 
 
+def prompt_kind(body: dict[str, Any]) -> str:
+    prompt = body["prompts"][0]
+    if "box" in prompt:
+        return "box"
+    return f"{len(prompt['points'])} point(s)"
+
+
 def through_service(
     api: str, key: str, images: list[tuple[bytes, np.ndarray]], later: int
 ) -> dict[str, Any]:
-    firsts, laters, sizes, sources = [], [], [], []
+    firsts, laters, sizes, sources, worker = [], [], [], [], []
+    by_kind: dict[str, list[float]] = {}
+    answer_bytes: dict[str, list[int]] = {}
     for data, _ in images:
         started = time.perf_counter()
         status, shown = call("POST", f"{api}/v1/images", key, *upload_form(data))
@@ -130,12 +139,29 @@ def through_service(
             status, answer = segment(api, key, image_id, body)
             laters.append(time.perf_counter() - started)
             assert status == 200, (status, answer)
+            kind = prompt_kind(body)
+            by_kind.setdefault(kind, []).append(laters[-1])
+            answer_bytes.setdefault(kind, []).append(len(json.dumps(answer)))
             sources.append(answer["model"]["embedding"]["source"])
+            worker.append(answer["timings"]["embedding"] + answer["timings"]["decode"])
         status, shown = call("GET", f"{api}/v1/images/{image_id}", key)
         sizes.append(shown["embeddings"]["mobile-sam"]["bytes"])
     return {
         "first_ms": summary(firsts),
         "later_ms": summary(laters),
+        # Of a later prompt, the worker's own time (embedding from memory, decoder, outlines,
+        # the answer written); the rest is HTTP, the job's record, the queue and the wake-up.
+        "later_worker_ms": summary(worker),
+        # Per kind of prompt: its later prompts, their ratio to the first, and the size of
+        # their answers (random weights answer noise: hundreds of outlines, not one).
+        "later_by_kind": {
+            kind: {
+                **summary(values),
+                "ratio": round(statistics.median(firsts) / statistics.median(values), 1),
+                "answer_bytes_median": int(statistics.median(answer_bytes[kind])),
+            }
+            for kind, values in by_kind.items()
+        },
         "ratio": statistics.median(firsts) / statistics.median(laters),
         "embedding_bytes": sorted(set(sizes)),
         "later_sources": {s: sources.count(s) for s in sorted(set(sources))},

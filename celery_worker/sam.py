@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 
 from celery_worker.detections import Detections
-from celery_worker.masks import polygons as outlines
 from common.contract import Letterbox
 from common.prompts import Prompt
 
@@ -37,6 +36,8 @@ MIN_SCORE = 0.25
 # 1024 x 1024 and at the picture's size): big pictures get smaller passes.
 PASS_PROMPTS = 32
 PASS_BYTES = 512 * 1024**2
+# Outlines of fewer corners than this are not simplified (it would remove next to nothing).
+SIMPLIFY_FROM = 8
 _HIGH_RES = "high_res_feats"
 OBJECT = "object"  # the class name of a mask a prompt asked for
 
@@ -245,11 +246,25 @@ def identity(width: int, height: int) -> Letterbox:
     return {"scale": 1.0, "pad_x": 0.0, "pad_y": 0.0, "width": width, "height": height}
 
 
-def mask_outlines(mask: np.ndarray) -> list[list[list[float]]]:
-    """A full-size mask's outer outlines, in its pixels; specks that make no polygon (fewer
-    than three points) left out."""
-    height, width = mask.shape
-    return [p for p in outlines(mask, identity(width, height), width, height) if len(p) >= 3]
+def mask_outlines(mask: np.ndarray, tolerance: float = 0.0) -> list[list[list[float]]]:
+    """A full-size mask's outer outlines in its pixels (OpenCV's contours, as the segment
+    pipeline's), simplified to within ``tolerance`` pixels (Douglas-Peucker; 0: every
+    corner kept); specks that make no polygon (fewer than three points) left out."""
+    import cv2
+
+    found = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    # Short contours (specks: most of a noisy mask's) keep their corners; one list for all
+    # points, cut per contour, instead of a conversion each: noisy masks have thousands.
+    contours = [
+        cv2.approxPolyDP(c, tolerance, True) if tolerance > 0 and len(c) > SIMPLIFY_FROM else c
+        for c in found[0]
+    ]
+    contours = [c for c in contours if len(c) >= 3]
+    if not contours:
+        return []
+    points = np.concatenate(contours).reshape(-1, 2).astype(np.float64).tolist()
+    ends = np.cumsum([len(c) for c in contours]).tolist()
+    return [points[start:end] for start, end in zip([0, *ends[:-1]], ends, strict=True)]
 
 
 def bounds(mask: np.ndarray) -> list[float]:
@@ -265,19 +280,20 @@ def mask_detections(
     width: int,
     height: int,
     found: Detections | None = None,
+    outlines: bool = True,
 ) -> Detections:
-    """Masks as ``Detections`` with outlines and areas: of the prompts (``class_id`` the
-    prompt's row, the mask's score as confidence), or of ``found`` (the detector's class,
-    confidence and box, row by row)."""
+    """Masks as ``Detections``: of the prompts (``class_id`` the prompt's row, the mask's
+    score as confidence), or of ``found`` (the detector's class, confidence and box, row by
+    row); with outlines and areas unless ``outlines`` is False (an image's postprocess step
+    draws them from the masks themselves)."""
+    if found is None:
+        found = Detections(
+            xyxy=np.array([bounds(m.mask) for m in masks], np.float64).reshape(-1, 4),
+            confidence=np.array([m.score for m in masks], np.float64),
+            class_id=np.array([m.index for m in masks], np.int64),
+            class_name=(OBJECT,) * len(masks),
+        )
+    if not outlines:
+        return found
     shapes = tuple(mask_outlines(m.mask) for m in masks)
-    areas = tuple(int(m.mask.sum()) for m in masks)
-    if found is not None:
-        return found.with_columns(polygons=shapes, area=areas)
-    return Detections(
-        xyxy=np.array([bounds(m.mask) for m in masks], np.float64).reshape(-1, 4),
-        confidence=np.array([m.score for m in masks], np.float64),
-        class_id=np.array([m.index for m in masks], np.int64),
-        class_name=(OBJECT,) * len(masks),
-        polygons=shapes,
-        area=areas,
-    )
+    return found.with_columns(polygons=shapes, area=tuple(int(m.mask.sum()) for m in masks))

@@ -16,6 +16,7 @@ Process lifecycle, wired to this app's worker only:
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
@@ -121,6 +122,7 @@ class _Lifecycle:
 
         cv2.setNumThreads(1)
         if not self.serves_inference:
+            gc.freeze()  # see below
             return
         settings = self.app.settings
         if settings.torch_threads > 0:
@@ -129,6 +131,10 @@ class _Lifecycle:
             torch.set_num_threads(settings.torch_threads)
         ctx = self.app.context
         report = ctx.models.load_all()
+        # Torch, Ultralytics and the models are loaded for good: their objects move out of
+        # the garbage collector's sight, so the full collections that steps building many
+        # small objects trigger (a noisy mask's thousands of outlines) stop walking them.
+        gc.freeze()
         threading.Thread(
             target=self._beat, args=(ctx, report), name="model-heartbeat", daemon=True
         ).start()

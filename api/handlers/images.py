@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from flask import Response as FlaskResponse
 from werkzeug.datastructures import FileStorage
 
 from api import images
@@ -12,7 +13,7 @@ from api.errors import BadRequest
 from api.services import services
 from api.views import job_url, job_view
 
-Response = tuple[Any, int] | tuple[Any, int, dict[str, str]]
+Response = tuple[Any, int] | tuple[Any, int, dict[str, str]] | FlaskResponse
 JSON = {"Content-Type": "application/json"}
 
 
@@ -38,7 +39,7 @@ def delete_image(image_id: str) -> Response:
 
 
 def segment_image(image_id: str, body: dict[str, Any]) -> Response:
-    answer, answered = images.segment(services(), caller(), image_id, body)
-    if answered:
-        return answer, 200, JSON
+    answer = images.segment(services(), caller(), image_id, body)
+    if isinstance(answer, str):  # the stored result, as it is: large answers cost less
+        return FlaskResponse(answer, 200, mimetype="application/json")
     return job_view(answer), 202, {**JSON, "Location": job_url(answer["id"])}

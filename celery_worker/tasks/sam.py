@@ -174,7 +174,7 @@ def infer_sam(ctx: WorkerContext, payload: ImagePayload) -> ImagePayload:
     prompts = job_prompts(payload["options"], width, height)
     found = _embedding(ctx, payload, loaded, image)
     masks = loaded.model.answer(found.embedding, prompts)
-    detections = mask_detections(masks, width, height)
+    detections = mask_detections(masks, width, height, outlines=False)
     return _masks_out(ctx, payload, masks, detections, loaded, found.report())
 
 
@@ -204,7 +204,8 @@ def detect_then_segment(
     too_many(len(found), width, height)
     embedded = _embedding(ctx, payload, loaded, image)
     masks = loaded.model.answer(embedded.embedding, box_prompts(found), min_score=-np.inf)
-    return masks, mask_detections(masks, width, height, found), {**report, **embedded.report()}
+    detections = mask_detections(masks, width, height, found, outlines=False)
+    return masks, detections, {**report, **embedded.report()}
 
 
 # POST /v1/images: embeddings ahead of prompts ------------------------------------------
@@ -321,7 +322,7 @@ def sam_prompt(ctx: WorkerContext, payload: dict[str, Any]) -> dict[str, Any]:
             "score": round(answer.score, 6),
             "box": [round(v, 3) for v in bounds(answer.mask)],
             "area": int(answer.mask.sum()),
-            "polygons": mask_outlines(answer.mask),
+            "polygons": mask_outlines(answer.mask, float(options["simplify"])),
         }
         if options["rle"]:
             item["rle"] = rle(answer.mask)

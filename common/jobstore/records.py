@@ -205,8 +205,13 @@ class JobRecords(JobTransitions):
             return [str(v) if v is not None else None for v in pipe.execute()]
 
     def result(self, job_id: str) -> dict[str, Any] | None:
+        raw = self.result_text(job_id)
+        return json.loads(raw) if raw is not None else None
+
+    def result_text(self, job_id: str) -> str | None:
+        """The result document as stored (JSON text), for answers sent as they are."""
         raw = self.redis.get(self.keys.result(job_id))
-        return json.loads(str(raw)) if raw is not None else None
+        return str(raw) if raw is not None else None
 
     def callback_url(self, job_id: str) -> str | None:
         value = self.redis.hget(self.keys.job(job_id), "callback_url")

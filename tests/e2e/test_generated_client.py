@@ -109,3 +109,32 @@ def test_generated_client_submits_polls_and_downloads(
             ),
         )
     assert isinstance(refused, Problem) and refused.status == 400
+
+
+def test_generated_client_segments_an_uploaded_image(
+    generated: Any, http_api: str, assets: Path, keys: StackKeys
+) -> None:
+    from cvclient.api.images import delete_image, get_image, segment_image, upload_image
+    from cvclient.models import Image, ImageUpload, Job, Result, SegmentPrompt, SegmentRequest
+    from cvclient.types import File
+
+    client = generated.AuthenticatedClient(
+        base_url=http_api, token=keys.acme, raise_on_unexpected_status=True
+    )
+    with (assets / "bus.jpg").open("rb") as photo:
+        body = ImageUpload(file=File(payload=photo, file_name="bus.jpg", mime_type="image/jpeg"))
+        uploaded = upload_image.sync(client=client, body=body)
+    assert isinstance(uploaded, Image) and (uploaded.width, uploaded.height) == (810, 1080)
+    deadline = time.monotonic() + 60
+    while (image := get_image.sync(uploaded.id, client=client)).embeddings[
+        "mobile-sam"
+    ].state.value != "ready":
+        assert time.monotonic() < deadline, image
+        time.sleep(0.2)
+    request = SegmentRequest(prompts=[SegmentPrompt(box=[50, 400, 250, 900])], rle=True)
+    answer = segment_image.sync(uploaded.id, client=client, body=request)
+    assert isinstance(answer, Result), answer
+    assert not isinstance(answer, Job)
+    assert answer.image_id == uploaded.id and len(answer.masks) == 1
+    assert answer.masks[0].prompt == 0 and answer.masks[0].area > 0
+    assert delete_image.sync_detailed(uploaded.id, client=client).status_code == 204
