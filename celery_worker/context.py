@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 from celery import Celery
 
 from celery_worker import metrics
 from celery_worker.embeddings import EmbeddingCache
+from celery_worker.errors import InputError
 from celery_worker.models import ModelRegistry, configure_ultralytics, specs_from
 from common.batching import after_end
 from common.catalogue import Catalogue, load_catalogue
-from common.contract import PROMPT_PIPELINE, QUEUE_NOTIFY, TASK_NOTIFY
+from common.contract import PROMPT_PIPELINE, QUEUE_NOTIFY, TASK_NOTIFY, ImagePayload
 from common.jobstore import JobStore
 from common.settings import Settings
 from common.storage import Storage
@@ -44,6 +46,16 @@ class WorkerContext:
             models=ModelRegistry(specs_from(catalogue.models), settings.device),
             celery=celery,
         )
+
+    def model_input(self, payload: ImagePayload) -> np.ndarray:
+        """The array an image's preprocess step wrote for its inference step."""
+        try:
+            array: np.ndarray = np.load(
+                self.storage.path(payload["model_input_key"]), allow_pickle=False
+            )
+            return array
+        except FileNotFoundError as exc:
+            raise InputError("the preprocessed image is missing from storage") from exc
 
     def notify(self, job_id: str) -> None:
         """Queue the job's callback, if it asked for one (sent by ``tasks.notify``)."""

@@ -32,16 +32,6 @@ from common.contract import (
 )
 
 
-def _model_input(ctx: WorkerContext, payload: ImagePayload) -> np.ndarray:
-    try:
-        array: np.ndarray = np.load(
-            ctx.storage.path(payload["model_input_key"]), allow_pickle=False
-        )
-        return array
-    except FileNotFoundError as exc:
-        raise InputError("the preprocessed image is missing from storage") from exc
-
-
 def _model(ctx: WorkerContext, payload: ImagePayload | ChunkPayload, task: str) -> LoadedModel:
     loaded = ctx.models.get(payload["model_name"])
     if loaded.spec.task != task:
@@ -55,7 +45,7 @@ def _size(payload: ImagePayload) -> tuple[int, int]:
 
 def _predict_yolo(ctx: WorkerContext, payload: ImagePayload, task: str) -> tuple[LoadedModel, Any]:
     loaded = _model(ctx, payload, task)
-    image = _model_input(ctx, payload)
+    image = ctx.model_input(payload)
     results = loaded.model.predict(image, **yolo_arguments(payload["options"], loaded.device))
     return loaded, results[0]
 
@@ -88,7 +78,7 @@ def infer_segment(ctx: WorkerContext, payload: ImagePayload) -> ImagePayload:
 def infer_faces(ctx: WorkerContext, payload: ImagePayload) -> ImagePayload:
     """MTCNN on the RGB image: the faces over ``min_confidence``, with their landmarks."""
     loaded = _model(ctx, payload, "faces")
-    boxes, probs, landmarks = detect_faces(loaded.model, _model_input(ctx, payload))
+    boxes, probs, landmarks = detect_faces(loaded.model, ctx.model_input(payload))
     detections = from_mtcnn(
         boxes,
         probs,

@@ -128,16 +128,6 @@ def segment_frame(
     return mask_detections(masks, width, height, found)
 
 
-def _picture(ctx: WorkerContext, payload: ImagePayload) -> np.ndarray:
-    try:
-        array: np.ndarray = np.load(
-            ctx.storage.path(payload["model_input_key"]), allow_pickle=False
-        )
-        return array
-    except FileNotFoundError as exc:
-        raise InputError("the preprocessed image is missing from storage") from exc
-
-
 def _masks_out(
     ctx: WorkerContext,
     payload: ImagePayload,
@@ -169,7 +159,7 @@ def _embedding(ctx: WorkerContext, payload: ImagePayload, loaded: LoadedModel, i
 def infer_sam(ctx: WorkerContext, payload: ImagePayload) -> ImagePayload:
     """The job's boxes and points answered on the picture (as ``SAM.predict`` would)."""
     loaded = segmenter(ctx, payload["model_name"])
-    image = _picture(ctx, payload)
+    image = ctx.model_input(payload)
     height, width = image.shape[:2]
     prompts = job_prompts(payload["options"], width, height)
     found = _embedding(ctx, payload, loaded, image)
@@ -184,7 +174,7 @@ def infer_detect_sam(ctx: WorkerContext, payload: ImagePayload) -> ImagePayload:
     loaded = segmenter(ctx, payload["model_name"])
     finder = detector(ctx, str(payload["options"]["detector"]))
     masks, detections, report = detect_then_segment(
-        ctx, payload, loaded, finder, _picture(ctx, payload)
+        ctx, payload, loaded, finder, ctx.model_input(payload)
     )
     return _masks_out(ctx, payload, masks, detections, loaded, report)
 

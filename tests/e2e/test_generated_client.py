@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import requests
 
+from tests.support.catalogue import SHIPPED_PIPELINES
 from tests.support.keys import StackKeys
 
 pytestmark = [pytest.mark.broker, pytest.mark.workers, pytest.mark.http]
@@ -61,15 +62,7 @@ def test_generated_client_submits_polls_and_downloads(
         base_url=http_api, token=keys.acme, raise_on_unexpected_status=True
     )
     catalogue = list_pipelines.sync(client=client)
-    assert {p.name for p in catalogue.pipelines} == {
-        "detect",
-        "segment",
-        "blur-faces",
-        "detect-crops",
-        "redact",
-        "sam",
-        "detect-sam",
-    }
+    assert {p.name for p in catalogue.pipelines} == SHIPPED_PIPELINES
 
     with (assets / "zidane.jpg").open("rb") as photo:
         body = JobSubmission(

@@ -18,6 +18,7 @@ from celery_worker.imaging import widen
 from common.settings import Settings
 from tests.support import stack
 from tests.support.api import run_job, submit
+from tests.support.catalogue import SHIPPED_PIPELINES
 from tests.support.jobs import wait_for_job, wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.workers]
@@ -157,15 +158,7 @@ def test_corrupt_image_fails_the_job_with_a_reason(
 
 def test_catalogue_and_readiness_show_the_workers_models(api_client: Any) -> None:
     pipelines = {p["name"]: p for p in api_client.get("/v1/pipelines").json()["pipelines"]}
-    assert set(pipelines) == {
-        "detect",
-        "segment",
-        "blur-faces",
-        "detect-crops",
-        "redact",
-        "sam",
-        "detect-sam",
-    }
+    assert set(pipelines) == SHIPPED_PIPELINES
     for pipeline in pipelines.values():
         assert pipeline["available"] is True and pipeline["unavailable_reason"] is None
         assert [s["queue"] for s in pipeline["steps"]] == ["preprocess", "inference", "postprocess"]

@@ -10,3 +10,13 @@ from common.settings import Settings
 NO_ENV_FILE = Path("/nonexistent/.env")
 CATALOGUE: Catalogue = load_catalogue(Settings.from_env({"CV_UNUSED": ""}, env_file=NO_ENV_FILE))
 PIPELINES = CATALOGUE.pipelines
+# The pipelines config/pipelines.yaml ships.
+SHIPPED_PIPELINES = {
+    "detect",
+    "segment",
+    "blur-faces",
+    "detect-crops",
+    "redact",
+    "sam",
+    "detect-sam",
+}

@@ -8,9 +8,9 @@ import pytest
 
 from common.catalogue import CatalogueError, expand, load_catalogue
 from common.settings import Settings
-from tests.support.catalogue import CATALOGUE
+from tests.support.catalogue import CATALOGUE, SHIPPED_PIPELINES
 
-SHIPPED = {"detect", "segment", "blur-faces", "detect-crops", "redact", "sam", "detect-sam"}
+SHIPPED = SHIPPED_PIPELINES
 
 
 def test_shipped_pipelines_and_models() -> None:
