@@ -304,10 +304,16 @@ def test_a_worker_killed_mid_video_loses_no_frame(
         return job
 
     def inferring() -> bool:
+        """A chunk through inference and the next decoded but not inferred: the inference
+        process is on it (a kill between chunks, while it waited for a decoded one, would
+        lose nothing and prove nothing)."""
         progress = watch()["progress"]
-        return bool(progress and progress["frames_by_stage"]["inference"] >= 8)
+        if not progress:
+            return False
+        done = progress["frames_by_stage"]
+        return bool(done["inference"] >= 8 and done["preprocess"] >= done["inference"] + 8)
 
-    wait_until(inferring, 120, "the first chunk through inference")
+    wait_until(inferring, 120, "a chunk in inference after the first")
     stack.kill_pool(workers["inference"])
     job = wait_for_job(lambda _: watch(), job_id, timeout=300)
     assert job["state"] == "succeeded", job["error"]
