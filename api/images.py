@@ -18,7 +18,6 @@ import time
 import uuid
 from typing import IO, Any
 
-import redis
 from kombu.exceptions import OperationalError
 
 from api.auth import Caller
@@ -31,7 +30,7 @@ from api.errors import (
 )
 from api.pipelines import model_status
 from api.services import Services
-from api.submissions import check_image
+from api.submissions import check_image, publish
 from common.chains import build_prompt, rank
 from common.clock import seconds_since
 from common.contract import PROMPT_PIPELINE, QUEUE_INFERENCE, TASK_SAM_EMBED
@@ -316,15 +315,5 @@ def _enqueue(
         )
     except OverLimit:
         raise svc.quotas.over_active(tenant, active_limit, svc.store.jobs.active(tenant)) from None
-    try:
-        build_prompt(svc.celery, job, queue, embed_first=not ready).apply_async()
-    except BaseException as exc:
-        svc.store.jobs.delete(job_id, tenant)
-        if isinstance(exc, OperationalError):
-            raise ServiceUnavailable("the message broker does not answer") from exc
-        raise
-    try:
-        svc.store.jobs.published(job_id)
-    except redis.RedisError as exc:
-        log.warning("prompt job %s published, but noting it failed: %s", job_id, exc)
+    publish(svc, tenant, job_id, build_prompt(svc.celery, job, queue, embed_first=not ready))
     return job

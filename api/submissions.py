@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import redis
+from celery.canvas import Signature
 from kombu.exceptions import OperationalError
 
 from api import metrics
@@ -265,8 +266,15 @@ def _enqueue(
     metrics.job_submitted(pipeline, tenant, job_id, input_info["kind"], bool(record["held"]))
     if record["held"]:
         return record  # published when a member before it ends
+    publish(svc, tenant, job_id, build_start(svc.celery, pipeline, record))
+    return record
+
+
+def publish(svc: Services, tenant: str, job_id: str, start: Signature) -> None:
+    """Publish a recorded job's first message and note it published; on a failed publish
+    the record (and any files) go again (a 503 when the broker does not answer)."""
     try:
-        build_start(svc.celery, pipeline, record).apply_async()
+        start.apply_async()
     except BaseException as exc:
         _rollback(svc, tenant, job_id)
         if isinstance(exc, OperationalError):
@@ -277,7 +285,6 @@ def _enqueue(
         svc.store.jobs.published(job_id)
     except redis.RedisError as exc:  # the job is queued: say so; upkeep sees it has run
         log.warning("job %s published, but noting it failed: %s", job_id, exc)
-    return record
 
 
 def _inspect(stream: IO[bytes], max_pixels: int) -> ImageHeader:

@@ -9,12 +9,10 @@ an embedding deleted with its image, evicted or expired is never answered from.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -43,14 +41,6 @@ class Found:
             "bytes": self.bytes,
             "seconds": round(self.seconds, 4),
         }
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class EmbeddingCache:

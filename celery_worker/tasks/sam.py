@@ -32,11 +32,11 @@ from celery_worker import artifacts
 from celery_worker.adapters import from_yolo
 from celery_worker.context import WorkerContext
 from celery_worker.detections import Detections
-from celery_worker.embeddings import Found, file_sha256
+from celery_worker.embeddings import Found
 from celery_worker.errors import InputError, JobGone, ModelUnavailable, StepFailed
 from celery_worker.imaging import decode_image
 from celery_worker.masks import pack, rle
-from celery_worker.models import LoadedModel, yolo_arguments
+from celery_worker.models import LoadedModel, sha256_of, yolo_arguments
 from celery_worker.sam import MIN_SCORE, Mask, bounds, identity, mask_detections, mask_outlines
 from celery_worker.task import MAX_REDELIVERIES, REDIS_RETRY, StepTask, job_step, worker_task
 from common.contract import (
@@ -151,7 +151,7 @@ def _masks_out(
 
 
 def _embedding(ctx: WorkerContext, payload: ImagePayload, loaded: LoadedModel, image: Any) -> Any:
-    sha = file_sha256(ctx.storage.path(payload["input_key"]))
+    sha = sha256_of([ctx.storage.path(payload["input_key"])])
     return ctx.embeddings.get_or_encode(payload["tenant"], sha, loaded, lambda: image)
 
 
