@@ -10,6 +10,7 @@ from celery import Celery
 from celery_worker import metrics
 from celery_worker.embeddings import EmbeddingCache
 from celery_worker.errors import InputError
+from celery_worker.intake import Intake
 from celery_worker.models import ModelRegistry, configure_ultralytics, specs_from
 from common.batching import after_end
 from common.catalogue import Catalogue, load_catalogue
@@ -29,9 +30,12 @@ class WorkerContext:
     celery: Celery  # the worker's own app: publishes chunks, finishing steps, callbacks
     # The embeddings of the SAM family, kept and shared (celery_worker.embeddings).
     embeddings: EmbeddingCache = field(init=False)
+    # The inference process's own consumer: the rest of a batch (celery_worker.intake).
+    intake: Intake = field(init=False)
 
     def __post_init__(self) -> None:
         self.embeddings = EmbeddingCache(self)
+        self.intake = Intake(self.celery)
 
     @classmethod
     def build(cls, settings: Settings, celery: Celery) -> WorkerContext:

@@ -23,7 +23,7 @@ import numpy as np
 
 from celery_worker import metrics
 from celery_worker.errors import ModelUnavailable
-from common.catalogue import ModelConfig
+from common.catalogue import NULL_FORMAT, ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ def specs_from(models: dict[str, ModelConfig]) -> dict[str, ModelSpec]:
         name: ModelSpec(
             name=name,
             task=config.task,
-            loader=LOADERS[config.task],
+            loader=load_null if config.format == NULL_FORMAT else LOADERS[config.task],
             weights=config.weights,
             config=config,
         )
@@ -223,6 +223,28 @@ def _stop_onnx_spinning(model: Any, weights: Path) -> None:
     backend.session = onnxruntime.InferenceSession(
         str(weights), options, providers=["CPUExecutionProvider"]
     )
+
+
+def batch_capacity(spec: ModelSpec) -> int:
+    """Images per forward pass for ``spec``: its ``max_batch``, or 1 for an export whose
+    batch size is fixed at 1 (a static ONNX file; TensorRT engines are built for one)."""
+    most = spec.config.max_batch if spec.config else 1
+    weights = spec.weights
+    if most <= 1 or weights is None or weights.suffix == ".pt":
+        return max(1, most)
+    if weights.suffix == ".onnx" and weights.is_file():
+        fixed = _onnx_batch(str(weights), weights.stat().st_mtime)
+        return most if fixed is None else max(1, min(most, fixed))
+    return 1
+
+
+@functools.cache
+def _onnx_batch(path: str, mtime: float) -> int | None:
+    """The batch size an ONNX file fixes (None: dynamic)."""
+    import onnx
+
+    first = onnx.load(path, load_external_data=False).graph.input[0].type.tensor_type.shape.dim[0]
+    return None if first.dim_param or not first.dim_value else int(first.dim_value)
 
 
 def rectangular_input(weights: Path | None) -> bool:
@@ -310,6 +332,38 @@ def load_sam(spec: ModelSpec, device: str) -> LoadedModel:
     family = "sam2" if segmenter.is_sam2 else "sam"
     info = {**_ultralytics_info(spec, device, "pt", digest, size), "family": family}
     return LoadedModel(spec, segmenter, device, info)
+
+
+class _NoBoxes:
+    """What an Ultralytics ``Results`` with nothing found reads as (``adapters.from_yolo``)."""
+
+    boxes = None
+    masks = None
+
+
+class NullModel:
+    """The benchmark-only model (``format: null``): ``predict`` costs nothing, finds nothing.
+
+    benchmarks/ceiling.py runs it through the real queues and workers: what is left is what
+    the service itself costs per image, the most it can ever feed one GPU."""
+
+    def predict(self, source: Any, **_: Any) -> list[_NoBoxes]:
+        return [_NoBoxes() for _ in (source if isinstance(source, list) else [source])]
+
+
+def load_null(spec: ModelSpec, device: str) -> LoadedModel:
+    info = {
+        "name": spec.name,
+        "task": spec.task,
+        "version": "null model (benchmark only: no model runs, nothing is found)",
+        "weights": None,
+        "weights_sha256": None,
+        "weights_bytes": 0,
+        "format": NULL_FORMAT,
+        "device": device,
+        "classes": 0,
+    }
+    return LoadedModel(spec, NullModel(), device, {**info, "names": {}})
 
 
 LOADERS.update(detect=load_yolo, segment=load_yolo, faces=load_mtcnn, sam=load_sam)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import logging
 import shutil
 import time
 from collections.abc import Callable
@@ -30,9 +31,13 @@ from celery.exceptions import Ignore, SoftTimeLimitExceeded
 
 from celery_worker import metrics
 from celery_worker.errors import ChunkAlreadyDone, JobGone, StepFailed
+from celery_worker.intake import Delivery, forward
+from celery_worker.models import batch_capacity
 
 if TYPE_CHECKING:
     from celery_worker.context import WorkerContext
+
+log = logging.getLogger(__name__)
 
 # One module per queue; importing them declares their tasks.
 TASK_MODULES = (
@@ -153,6 +158,120 @@ def chunk_step(task_name: str, stage: str) -> Callable[[StepFunction], StepFunct
     return decorate
 
 
+BatchFunction = Callable[["WorkerContext", list[Any]], list[Any]]
+
+
+def batch_step(task_name: str, step: str) -> Callable[[BatchFunction], BatchFunction]:
+    """Declare ``fn(ctx, payloads) -> outcomes`` as the Celery task ``task_name``: a step
+    of image jobs that runs the queued messages of its kind together (``intake``).
+
+    ``fn`` answers one outcome per payload, in order: the next payload, or the exception
+    that item alone raised (a bad item fails alone). Each message is bookkept as a
+    ``job_step``'s is, and its timings say how big its batch was (``<step>_batch``) and
+    how long the step waited for it to fill (``<step>_wait``). Celery's message is
+    returned (Celery publishes what follows and acknowledges it); each message taken
+    besides is finished here, as soon as its own result is written.
+    """
+
+    def decorate(fn: BatchFunction) -> BatchFunction:
+        @worker_task(task_name, **REDIS_RETRY)
+        @functools.wraps(fn)
+        def run(task: StepTask, payload: Any) -> Any:
+            ctx = task.ctx
+            leader = Delivery.of_request(task_name, task.request, payload)
+            queue = str(leader.delivery_info.get("routing_key") or step)
+            most, wait = batch_limit(ctx, payload)
+            started = time.perf_counter()
+            followers, stray = ctx.intake.take(queue, task_name, most - 1, wait)
+            waited = time.perf_counter() - started
+            try:
+                out = _run_batch(ctx, fn, [leader, *followers], step, queue, waited)
+            except BaseException:
+                for delivery in [*followers, *([stray] if stray else [])]:
+                    ctx.intake.give_back(delivery)  # not run: back on the queue
+                raise
+            if isinstance(out, BaseException):
+                if stray is not None:
+                    ctx.intake.run_alone(stray)
+                raise out
+            if stray is not None:
+                # The next message of another task runs here and now (it was taken): the
+                # chain of this one goes on first, so its job does not wait for that.
+                forward(ctx.celery, leader, out)
+                ctx.intake.run_alone(stray)
+                raise Ignore()
+            return out
+
+        return fn
+
+    return decorate
+
+
+def batch_limit(ctx: WorkerContext, payload: Any) -> tuple[int, float]:
+    """How many messages the step of ``payload``'s model takes at most, and how many
+    seconds it waits for them (``max_batch``, ``max_wait_ms`` of config/models.yaml)."""
+    spec = ctx.models.specs.get(str(payload.get("model_name")))
+    if spec is None or spec.config is None:
+        return 1, 0.0
+    return batch_capacity(spec), spec.config.max_wait_ms / 1000
+
+
+def _run_batch(
+    ctx: WorkerContext,
+    fn: BatchFunction,
+    members: list[Delivery],
+    step: str,
+    queue: str,
+    waited: float,
+) -> Any:
+    """The members admitted, run together, each outcome recorded and each follower
+    finished. Returns the leader's outcome: its next payload or the exception to raise."""
+    jobs = ctx.store.jobs
+    admitted: list[tuple[int, Delivery]] = []
+    outcomes: dict[int, Any] = {}
+    for index, member in enumerate(members):
+        if _admitted(ctx, member.payload, member.redelivered, step, step, jobs.step_started):
+            admitted.append((index, member))
+        else:
+            outcomes[index] = Ignore()
+            _settle(ctx, member, outcomes[index])
+    started = time.perf_counter()
+    try:
+        results = fn(ctx, [m.payload for _, m in admitted]) if admitted else []
+    except Exception as exc:  # the whole batch (a time limit): each of its jobs fails
+        results = [exc] * len(admitted)
+    seconds = time.perf_counter() - started
+    for (index, member), result in zip(admitted, results, strict=True):
+        if isinstance(result, Exception):
+            outcome = _outcome_of(ctx, member.payload, step, result)
+        else:
+            _recorded(result, member.payload, step, seconds, queue)
+            result["timings"][f"{step}_batch"] = len(admitted)
+            result["timings"][f"{step}_wait"] = round(waited, 4)
+            outcome = result
+            if not jobs.step_finished(member.payload["job_id"], step):
+                forget(ctx, member.payload["tenant"], member.payload["job_id"])
+                outcome = Ignore()
+        outcomes[index] = outcome
+        _settle(ctx, member, outcome)
+    return outcomes[0]
+
+
+def _settle(ctx: WorkerContext, member: Delivery, outcome: Any) -> None:
+    """A follower's message once its outcome is known: its chain goes on and it is
+    acknowledged; Redis trouble puts it back on its queue. (Celery settles the leader.)"""
+    if member.message is None:
+        return
+    if isinstance(outcome, (redis.ConnectionError, redis.TimeoutError)):
+        ctx.intake.give_back(member)
+    elif isinstance(outcome, BaseException):
+        if not isinstance(outcome, Ignore):
+            log.error("step %s of job %s failed: %r", member.task, member.id, outcome)
+        ctx.intake.ack(member)
+    else:
+        ctx.intake.finish(member, outcome)
+
+
 def _guarded(
     task: StepTask,
     fn: StepFunction,
@@ -167,42 +286,76 @@ def _guarded(
     failed here; re-raises Redis errors (retried) and bugs (after failing the job).
     """
     ctx = task.ctx
-    job_id = payload["job_id"]
     redelivered = bool((task.request.delivery_info or {}).get("redelivered"))
-    if redelivered and gave_up_after_redelivery(ctx, job_id, redelivery_key):
-        raise Ignore()
-    if not begin(job_id, step):
-        forget(ctx, payload["tenant"], job_id)
+    if not _admitted(ctx, payload, redelivered, redelivery_key, step, begin):
         raise Ignore()
     started = time.perf_counter()
     try:
         out = fn(ctx, payload)
-    except JobGone:
-        forget(ctx, payload["tenant"], job_id)
-        raise Ignore() from None
-    except ChunkAlreadyDone:
-        raise Ignore() from None
-    except (redis.ConnectionError, redis.TimeoutError):
-        raise
     except Exception as exc:
-        if ctx.store.jobs.state(job_id) != "running":
-            # Cancelled (files removed) while the step ran: its failure is moot.
-            forget(ctx, payload["tenant"], job_id)
-            raise Ignore() from None
-        if isinstance(exc, StepFailed):
-            _fail(ctx, payload, step, exc.kind, str(exc))
-            raise Ignore() from None
-        if isinstance(exc, SoftTimeLimitExceeded):
-            limit = ctx.settings.step_time_limit_seconds
-            _fail(ctx, payload, step, "timeout", f"the {step} step ran over {limit} s")
-            raise Ignore() from None
-        _fail(ctx, payload, step, "internal", f"{type(exc).__name__}: {exc}")
-        raise
-    seconds = time.perf_counter() - started
-    out.setdefault("timings", {})[step] = round(seconds, 4)
+        outcome = _outcome_of(ctx, payload, step, exc)
+        if outcome is exc:
+            raise
+        raise outcome from None
     queue = (task.request.delivery_info or {}).get("routing_key") or step
-    metrics.step_done(step, payload, seconds, str(queue))
+    _recorded(out, payload, step, time.perf_counter() - started, str(queue))
     return out
+
+
+def _admitted(
+    ctx: WorkerContext,
+    payload: Any,
+    redelivered: bool,
+    redelivery_key: str,
+    step: str,
+    begin: Callable[[str, str], bool],
+) -> bool:
+    """Whether the step may run: its job active (marked started now) and, for a message
+    redelivered after its worker died, not past the redelivery limit."""
+    job_id = payload["job_id"]
+    if redelivered and gave_up_after_redelivery(ctx, job_id, redelivery_key):
+        return False
+    if not begin(job_id, step):
+        forget(ctx, payload["tenant"], job_id)
+        return False
+    return True
+
+
+def _outcome_of(ctx: WorkerContext, payload: Any, step: str, exc: Exception) -> BaseException:
+    """What a step that raised ``exc`` raises in turn: ``Ignore`` once the job's end is
+    recorded (or it needs none), ``exc`` itself for Redis trouble (retried) and for bugs
+    (after the job is failed with kind ``internal``)."""
+    job_id = payload["job_id"]
+    if isinstance(exc, JobGone):
+        forget(ctx, payload["tenant"], job_id)
+        return _ignored()
+    if isinstance(exc, ChunkAlreadyDone):
+        return _ignored()
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+        return exc
+    if ctx.store.jobs.state(job_id) != "running":
+        # Cancelled (files removed) while the step ran: its failure is moot.
+        forget(ctx, payload["tenant"], job_id)
+        return _ignored()
+    if isinstance(exc, StepFailed):
+        _fail(ctx, payload, step, exc.kind, str(exc))
+        return _ignored()
+    if isinstance(exc, SoftTimeLimitExceeded):
+        limit = ctx.settings.step_time_limit_seconds
+        _fail(ctx, payload, step, "timeout", f"the {step} step ran over {limit} s")
+        return _ignored()
+    _fail(ctx, payload, step, "internal", f"{type(exc).__name__}: {exc}")
+    return exc
+
+
+def _ignored() -> BaseException:
+    ignored: BaseException = Ignore()
+    return ignored
+
+
+def _recorded(out: Any, payload: Any, step: str, seconds: float, queue: str) -> None:
+    out.setdefault("timings", {})[step] = round(seconds, 4)
+    metrics.step_done(step, payload, seconds, queue)
 
 
 def gave_up_after_redelivery(ctx: WorkerContext, job_id: str, key: str) -> bool:

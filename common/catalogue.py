@@ -28,6 +28,11 @@ from common.settings import Settings
 from common.steps import STEPS, VIDEO_STEP, Option, StepDef
 
 FORMATS = {".pt": "pt", ".onnx": "onnx", ".engine": "engine"}
+# A model that costs nothing and finds nothing, for benchmarks/ceiling.py only (the most
+# the queues can feed a GPU); never in config/models.yaml. It needs no weights.
+NULL_FORMAT = "null"
+# The longest an inference step waits for a batch to fill (celery_worker.intake).
+MAX_WAIT_MS = 1000
 _VAR = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
@@ -47,6 +52,9 @@ class ModelConfig:
     classes: dict[int, str] | None = None
     device: str | None = None
     max_batch: int = 1
+    # How long the inference step waits for more queued images of this model to fill a
+    # batch of max_batch (0: it takes only those already queued).
+    max_wait_ms: float = 0.0
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -58,6 +66,7 @@ class ModelConfig:
             "defaults": self.defaults,
             "device": self.device,
             "max_batch": self.max_batch,
+            "max_wait_ms": self.max_wait_ms,
         }
 
 
@@ -144,10 +153,13 @@ def load_models(
         if task not in MODEL_TASKS:
             raise CatalogueError(f"{where}: task must be one of {', '.join(MODEL_TASKS)}")
         weights = settings.resolve(Path(entry["weights"])) if entry.get("weights") else None
-        if weights is None and task != "faces":
-            raise CatalogueError(f"{where}: a weights path is needed")
         fmt = entry.get("format") or (FORMATS.get(weights.suffix, "") if weights else "bundled")
-        if weights is not None and fmt not in FORMATS.values():
+        if fmt == NULL_FORMAT:
+            if task != "detect" or weights is not None:
+                raise CatalogueError(f"{where}: a null model is a detect model with no weights")
+        elif weights is None and task != "faces":
+            raise CatalogueError(f"{where}: a weights path is needed")
+        elif weights is not None and fmt not in FORMATS.values():
             raise CatalogueError(f"{where}: format must be pt, onnx or engine")
         classes = entry.get("classes")
         if isinstance(classes, list):
@@ -163,9 +175,14 @@ def load_models(
                 classes={int(k): str(v) for k, v in classes.items()} if classes else None,
                 device=entry.get("device"),
                 max_batch=int(entry.get("max_batch", 1)),
+                max_wait_ms=float(entry.get("max_wait_ms", 0)),
             )
         except (TypeError, ValueError, AttributeError) as exc:
             raise CatalogueError(f"{where}: {exc}") from exc
+        if not 1 <= models[name].max_batch <= 1024:
+            raise CatalogueError(f"{where}: max_batch must be 1 to 1024")
+        if not 0 <= models[name].max_wait_ms <= MAX_WAIT_MS:
+            raise CatalogueError(f"{where}: max_wait_ms must be 0 to {MAX_WAIT_MS}")
     return models
 
 

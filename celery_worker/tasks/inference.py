@@ -13,12 +13,13 @@ from typing import Any
 
 import numpy as np
 
+from celery_worker import metrics
 from celery_worker.adapters import from_mtcnn, from_yolo, yolo_masks
 from celery_worker.context import WorkerContext
 from celery_worker.errors import ChunkAlreadyDone, InputError, ModelUnavailable
 from celery_worker.masks import pack
-from celery_worker.models import LoadedModel, detect_faces, yolo_arguments
-from celery_worker.task import chunk_step, job_step
+from celery_worker.models import LoadedModel, batch_capacity, detect_faces, yolo_arguments
+from celery_worker.task import batch_step, chunk_step, job_step
 from celery_worker.tasks.sam import detector, video_prompts
 from celery_worker.video.chunks import chunk_finished, work_key
 from celery_worker.video.frames import detect_frames
@@ -43,35 +44,93 @@ def _size(payload: ImagePayload) -> tuple[int, int]:
     return payload["image"]["width"], payload["image"]["height"]
 
 
-def _predict_yolo(ctx: WorkerContext, payload: ImagePayload, task: str) -> tuple[LoadedModel, Any]:
-    loaded = _model(ctx, payload, task)
-    image = ctx.model_input(payload)
-    results = loaded.model.predict(image, **yolo_arguments(payload["options"], loaded.device))
-    return loaded, results[0]
+def _predict_yolo(
+    ctx: WorkerContext, payloads: list[ImagePayload], task: str
+) -> list[tuple[LoadedModel, Any] | Exception]:
+    """Ultralytics ``predict`` on each payload's model input: one forward pass per model,
+    input shape and options (so each image gets exactly what it would get alone), at most
+    its model's ``max_batch`` images each. A pass that fails is run again image by image,
+    so a bad item fails alone."""
+    outcomes: list[tuple[LoadedModel, Any] | Exception] = [RuntimeError("not run")] * len(payloads)
+    groups: dict[tuple[str, tuple[int, ...], str], list[tuple[int, np.ndarray]]] = {}
+    for index, payload in enumerate(payloads):
+        try:
+            loaded = _model(ctx, payload, task)
+            image = ctx.model_input(payload)
+        except Exception as exc:
+            outcomes[index] = exc
+            continue
+        arguments = json.dumps(yolo_arguments(payload["options"], loaded.device), sort_keys=True)
+        groups.setdefault((loaded.spec.name, image.shape, arguments), []).append((index, image))
+    for (name, _, arguments), members in groups.items():
+        loaded = ctx.models.get(name)
+        size = batch_capacity(loaded.spec)
+        for first in range(0, len(members), size):
+            part = members[first : first + size]
+            answers = _forward(loaded, [image for _, image in part], json.loads(arguments))
+            for (index, _), outcome in zip(part, answers, strict=True):
+                outcomes[index] = outcome
+    return outcomes
 
 
-@job_step(TASK_INFER_DETECT, "inference")
-def infer_detect(ctx: WorkerContext, payload: ImagePayload) -> ImagePayload:
-    """YOLO on the letterboxed image; boxes mapped back to original pixels."""
-    loaded, result = _predict_yolo(ctx, payload, "detect")
-    detections = from_yolo(result, loaded.names, payload["letterbox"], _size(payload))
-    return {**payload, "detections": detections.to_json(), "model": loaded.report()}
+def _forward(
+    loaded: LoadedModel, images: list[np.ndarray], arguments: dict[str, Any]
+) -> list[tuple[LoadedModel, Any] | Exception]:
+    metrics.batch_run(loaded.spec.name, len(images))
+    try:
+        results = loaded.model.predict(images, **arguments)
+    except Exception as exc:
+        if len(images) == 1:
+            return [exc]
+        return [outcome for image in images for outcome in _forward(loaded, [image], arguments)]
+    return [(loaded, result) for result in results]
 
 
-@job_step(TASK_INFER_SEGMENT, "inference")
-def infer_segment(ctx: WorkerContext, payload: ImagePayload) -> ImagePayload:
+def _each(
+    outcomes: list[Any], payloads: list[ImagePayload], finish: Any
+) -> list[ImagePayload | Exception]:
+    """``finish(payload, loaded, result)`` for each image its model answered; an item that
+    failed (or fails in ``finish``) stays its exception."""
+    out: list[ImagePayload | Exception] = []
+    for payload, outcome in zip(payloads, outcomes, strict=True):
+        if isinstance(outcome, Exception):
+            out.append(outcome)
+            continue
+        try:
+            out.append(finish(payload, *outcome))
+        except Exception as exc:
+            out.append(exc)
+    return out
+
+
+@batch_step(TASK_INFER_DETECT, "inference")
+def infer_detect(ctx: WorkerContext, payloads: list[ImagePayload]) -> list[Any]:
+    """YOLO on the letterboxed images; boxes mapped back to original pixels."""
+
+    def finish(payload: ImagePayload, loaded: LoadedModel, result: Any) -> ImagePayload:
+        detections = from_yolo(result, loaded.names, payload["letterbox"], _size(payload))
+        return {**payload, "detections": detections.to_json(), "model": loaded.report()}
+
+    return _each(_predict_yolo(ctx, payloads, "detect"), payloads, finish)
+
+
+@batch_step(TASK_INFER_SEGMENT, "inference")
+def infer_segment(ctx: WorkerContext, payloads: list[ImagePayload]) -> list[Any]:
     """YOLO-seg: boxes as for detect, masks (model-input size) to a bit-packed file."""
-    loaded, result = _predict_yolo(ctx, payload, "segment")
-    box = payload["letterbox"]
-    detections = from_yolo(result, loaded.names, box, _size(payload))
-    key = ctx.storage.key(payload["tenant"], payload["job_id"], "work", "masks.npz")
-    ctx.storage.write_bytes(key, pack(yolo_masks(result, box["height"], box["width"])))
-    return {
-        **payload,
-        "detections": detections.to_json(),
-        "masks_key": key,
-        "model": loaded.report(),
-    }
+
+    def finish(payload: ImagePayload, loaded: LoadedModel, result: Any) -> ImagePayload:
+        box = payload["letterbox"]
+        detections = from_yolo(result, loaded.names, box, _size(payload))
+        key = ctx.storage.key(payload["tenant"], payload["job_id"], "work", "masks.npz")
+        ctx.storage.write_bytes(key, pack(yolo_masks(result, box["height"], box["width"])))
+        return {
+            **payload,
+            "detections": detections.to_json(),
+            "masks_key": key,
+            "model": loaded.report(),
+        }
+
+    return _each(_predict_yolo(ctx, payloads, "segment"), payloads, finish)
 
 
 @job_step(TASK_INFER_FACES, "inference")

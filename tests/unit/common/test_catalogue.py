@@ -53,6 +53,21 @@ MODELS = "models:\n  d: {task: detect, weights: w.pt}\n  f: {task: faces}\n"
         ("models:\n  d: {task: detect}\n", "pipelines: {}", "a weights path is needed"),
         ("models:\n  d: {task: detect, weights: w.tflite}\n", "pipelines: {}", "format must"),
         (
+            "models:\n  d: {task: detect, weights: w.pt, max_wait_ms: 5000}\n",
+            "pipelines: {}",
+            "max_wait_ms must be 0 to 1000",
+        ),
+        (
+            "models:\n  d: {task: detect, weights: w.pt, max_batch: 0}\n",
+            "pipelines: {}",
+            "max_batch must be 1 to 1024",
+        ),
+        (
+            "models:\n  d: {task: faces, format: 'null'}\n",
+            "pipelines: {}",
+            "a null model is a detect model with no weights",
+        ),
+        (
             MODELS,
             "pipelines:\n  p: {model: d, steps: [preprocess.image, inference.x]}\n",
             "unknown steps ['inference.x']",
