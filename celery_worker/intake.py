@@ -48,6 +48,12 @@ POLL_SECONDS = 0.001
 # A message taken that does not join the batch may itself be a batch step's leader: it
 # batches too, this many levels deep at most.
 MAX_DEPTH = 2
+# The longest a batch waits for RabbitMQ to confirm its followers' next steps.
+CONFIRM_SECONDS = 30.0
+
+
+class Unconfirmed(Exception):
+    """RabbitMQ did not confirm (or refused) a publish of the intake's channel."""
 
 
 @dataclass
@@ -120,23 +126,78 @@ class Intake:
         self.app = app
         self._connection: Connection | None = None
         self.depth = 0
+        self._confirms = False
+        self._published = self._confirmed = 0
+        self._refused = False
 
     def _channel(self) -> Any:
+        """The intake's channel: it takes the followers, publishes their next steps and
+        acknowledges them. On RabbitMQ it is in confirm mode without waiting on each
+        publish: ``confirm`` waits once for all of a batch's."""
         if self._connection is None:
-            self._connection = self.app.connection_for_read()
+            connection = self.app.connection_for_read(transport_options={"confirm_publish": False})
+            channel = connection.default_channel
+            self._published = self._confirmed = 0
+            self._refused = False
+            if hasattr(channel, "confirm_select"):  # py-amqp (memory:// has no confirms)
+                channel.confirm_select()
+                channel.events["basic_ack"].add(self._on_ack)
+                channel.events["basic_nack"].add(self._on_nack)
+                publish = channel.basic_publish
+
+                def counted(*args: Any, **kwargs: Any) -> Any:
+                    self._published += 1
+                    return publish(*args, **kwargs)
+
+                channel.basic_publish = counted
+                self._confirms = True
+            else:
+                self._confirms = False
+            self._connection = connection
         return self._connection.default_channel
+
+    def _on_ack(self, delivery_tag: int, multiple: bool) -> None:
+        self._confirmed = max(self._confirmed, delivery_tag)
+
+    def _on_nack(self, delivery_tag: int, multiple: bool) -> None:
+        self._refused = True
+        self._confirmed = max(self._confirmed, delivery_tag)
+
+    def confirm(self, timeout: float = CONFIRM_SECONDS) -> None:
+        """Wait until RabbitMQ has confirmed every publish of the intake's channel (at
+        once on memory://); ``Unconfirmed`` if it refused one or took too long."""
+        if self._connection is None or not self._confirms:
+            return
+        deadline = time.monotonic() + timeout
+        while self._confirmed < self._published and not self._refused:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Unconfirmed(f"no confirm within {timeout:.0f} s")
+            try:
+                self._connection.drain_events(timeout=left)
+            except TimeoutError:
+                continue
+        if self._refused:
+            raise Unconfirmed("RabbitMQ refused a publish (basic.nack)")
 
     def _errors(self) -> tuple[type[BaseException], ...]:
         connection = self._connection or self.app.connection_for_read()
-        return (*connection.connection_errors, *connection.channel_errors, OSError)
+        return (*connection.connection_errors, *connection.channel_errors, OSError, Unconfirmed)
 
     def _drop(self) -> None:
+        """Close the connection: RabbitMQ redelivers every message taken on it and not
+        acknowledged. A connection that cannot be closed cleanly has its socket closed."""
         connection, self._connection = self._connection, None
-        if connection is not None:
+        if connection is None:
+            return
+        try:
+            connection.release()
+        except Exception:  # already broken: close the socket itself
+            log.debug("intake connection closed with an error", exc_info=True)
             try:
-                connection.release()
-            except Exception:  # already broken: nothing left to close cleanly
-                log.debug("intake connection closed with an error", exc_info=True)
+                connection.collect()
+            except Exception:
+                log.debug("intake connection collected with an error", exc_info=True)
 
     def take(
         self, queue: str, task: str, most: int, wait_seconds: float
@@ -174,11 +235,33 @@ class Intake:
         return taken, None
 
     def finish(self, delivery: Delivery, result: Any) -> None:
-        """The follower's step ended: publish its chain's next step (unless it was ignored,
-        ``result`` None), then acknowledge its message."""
-        if result is not None:
-            forward(self.app, delivery, result)
-        self.ack(delivery)
+        """``finish_all`` of one message."""
+        self.finish_all([(delivery, result)])
+
+    def finish_all(self, ended: list[tuple[Delivery, Any]]) -> None:
+        """Messages whose steps ended: publish each one's next step (unless it was
+        ignored, ``result`` None), wait once for RabbitMQ to confirm them all, then
+        acknowledge each. If the broker fails meanwhile, the connection is closed and
+        RabbitMQ redelivers them all (a step run again finds its work done)."""
+        pending = [(d, r) for d, r in ended if d.message is not None and not d.settled]
+        if not pending:
+            return
+        try:
+            producer = Producer(self._channel(), auto_declare=False)
+            for delivery, result in pending:
+                if result is not None:
+                    forward(self.app, delivery, result, producer)
+            self.confirm()
+            for delivery, _ in pending:
+                delivery.settled = True
+                delivery.message.ack()  # type: ignore[union-attr]
+        except self._errors() as exc:
+            log.warning(
+                "the broker failed finishing %d messages (%s); redelivered", len(pending), exc
+            )
+            self._drop()
+            for delivery, _ in pending:
+                delivery.settled = True  # no longer this process's: RabbitMQ has them
 
     def ack(self, delivery: Delivery) -> None:
         if delivery.message is None or delivery.settled:
@@ -209,6 +292,7 @@ class Intake:
                 priority=delivery.delivery_info.get("priority"),
                 delivery_mode=2,
             )
+            self.confirm()  # the copy is RabbitMQ's before the original goes
         except self._errors() as exc:
             log.warning("could not give back %s (%s); RabbitMQ redelivers it", delivery.id, exc)
             self._drop()
@@ -258,14 +342,17 @@ class Intake:
         self.finish(delivery, result)
 
 
-def forward(app: Celery, delivery: Delivery, result: Any) -> None:
+def forward(app: Celery, delivery: Delivery, result: Any, producer: Producer | None = None) -> None:
     """Publish what follows a finished message: its callbacks and its chain's next step,
-    with its priority, as Celery's tracer does (``celery.app.trace``)."""
-    options = {
+    with its priority, as Celery's tracer does (``celery.app.trace``). With ``producer``:
+    on its channel, with no retry (the caller closes the connection on failure)."""
+    options: dict[str, Any] = {
         "parent_id": delivery.id,
         "root_id": delivery.root_id,
         "priority": delivery.delivery_info.get("priority"),
     }
+    if producer is not None:
+        options.update(producer=producer, retry=False)
     for callback in delivery.callbacks or []:
         signature(callback, app=app).apply_async((result,), **options)
     if delivery.chain:

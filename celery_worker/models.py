@@ -345,10 +345,13 @@ class NullModel:
     """The benchmark-only model (``format: null``): ``predict`` costs nothing, finds nothing.
 
     benchmarks/ceiling.py runs it through the real queues and workers: what is left is what
-    the service itself costs per image, the most it can ever feed one GPU."""
+    the service itself costs per image, the most it can ever feed one GPU. It does the one
+    thing every batched model must: gather its inputs into one array (every byte read)."""
 
     def predict(self, source: Any, **_: Any) -> list[_NoBoxes]:
-        return [_NoBoxes() for _ in (source if isinstance(source, list) else [source])]
+        images = source if isinstance(source, list) else [source]
+        np.stack(images)
+        return [_NoBoxes() for _ in images]
 
 
 def load_null(spec: ModelSpec, device: str) -> LoadedModel:

@@ -224,52 +224,73 @@ def _run_batch(
     queue: str,
     waited: float,
 ) -> Any:
-    """The members admitted, run together, each outcome recorded and each follower
-    finished. Returns the leader's outcome: its next payload or the exception to raise."""
+    """The members admitted, run together, each outcome recorded and the followers
+    finished together. Returns the leader's outcome: its next payload or the exception
+    to raise. The members' steps are marked started, and finished, in one transaction
+    each; the followers' next steps are confirmed by RabbitMQ once for all."""
     jobs = ctx.store.jobs
-    admitted: list[tuple[int, Delivery]] = []
     outcomes: dict[int, Any] = {}
+
+    def refused(index: int, member: Delivery) -> None:
+        forget(ctx, member.payload["tenant"], member.payload["job_id"])
+        outcomes[index] = Ignore()
+
+    candidates: list[tuple[int, Delivery]] = []
     for index, member in enumerate(members):
-        if _admitted(ctx, member.payload, member.redelivered, step, step, jobs.step_started):
+        job_id = member.payload["job_id"]
+        if member.redelivered and gave_up_after_redelivery(ctx, job_id, step):
+            outcomes[index] = Ignore()
+        else:
+            candidates.append((index, member))
+    admitted: list[tuple[int, Delivery]] = []
+    started_ok = jobs.steps_started([m.payload["job_id"] for _, m in candidates], step)
+    for (index, member), ok in zip(candidates, started_ok, strict=True):
+        if ok:
             admitted.append((index, member))
         else:
-            outcomes[index] = Ignore()
-            _settle(ctx, member, outcomes[index])
+            refused(index, member)
     started = time.perf_counter()
     try:
         results = fn(ctx, [m.payload for _, m in admitted]) if admitted else []
     except Exception as exc:  # the whole batch (a time limit): each of its jobs fails
         results = [exc] * len(admitted)
     seconds = time.perf_counter() - started
+    done: list[tuple[int, Delivery, Any]] = []
     for (index, member), result in zip(admitted, results, strict=True):
         if isinstance(result, Exception):
-            outcome = _outcome_of(ctx, member.payload, step, result)
-        else:
-            _recorded(result, member.payload, step, seconds, queue)
-            result["timings"][f"{step}_batch"] = len(admitted)
-            result["timings"][f"{step}_wait"] = round(waited, 4)
-            outcome = result
-            if not jobs.step_finished(member.payload["job_id"], step):
-                forget(ctx, member.payload["tenant"], member.payload["job_id"])
-                outcome = Ignore()
-        outcomes[index] = outcome
-        _settle(ctx, member, outcome)
+            outcomes[index] = _outcome_of(ctx, member.payload, step, result)
+            continue
+        _recorded(result, member.payload, step, seconds, queue)
+        result["timings"][f"{step}_batch"] = len(admitted)
+        result["timings"][f"{step}_wait"] = round(waited, 4)
+        done.append((index, member, result))
+    finished_ok = jobs.steps_finished([m.payload["job_id"] for _, m, _ in done], step)
+    for (index, member, result), ok in zip(done, finished_ok, strict=True):
+        if ok:
+            outcomes[index] = result
+        else:  # cancelled meanwhile
+            refused(index, member)
+    _settle(ctx, [(member, outcomes[index]) for index, member in enumerate(members)])
     return outcomes[0]
 
 
-def _settle(ctx: WorkerContext, member: Delivery, outcome: Any) -> None:
-    """A follower's message once its outcome is known: its chain goes on and it is
-    acknowledged; Redis trouble puts it back on its queue. (Celery settles the leader.)"""
-    if member.message is None:
-        return
-    if isinstance(outcome, (redis.ConnectionError, redis.TimeoutError)):
-        ctx.intake.give_back(member)
-    elif isinstance(outcome, BaseException):
-        if not isinstance(outcome, Ignore):
-            log.error("step %s of job %s failed: %r", member.task, member.id, outcome)
-        ctx.intake.ack(member)
-    else:
-        ctx.intake.finish(member, outcome)
+def _settle(ctx: WorkerContext, ended: list[tuple[Delivery, Any]]) -> None:
+    """The followers' messages once their outcomes are known: their chains go on and
+    they are acknowledged, together; Redis trouble puts one back on its queue. (Celery
+    settles the leader, whose ``message`` is None.)"""
+    finished: list[tuple[Delivery, Any]] = []
+    for member, outcome in ended:
+        if member.message is None:
+            continue
+        if isinstance(outcome, (redis.ConnectionError, redis.TimeoutError)):
+            ctx.intake.give_back(member)
+        elif isinstance(outcome, BaseException):
+            if not isinstance(outcome, Ignore):
+                log.error("step %s of job %s failed: %r", member.task, member.id, outcome)
+            finished.append((member, None))
+        else:
+            finished.append((member, outcome))
+    ctx.intake.finish_all(finished)
 
 
 def _guarded(

@@ -58,8 +58,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         },
         "task_soft_time_limit": settings.step_time_limit_seconds,
         "task_time_limit": settings.step_time_limit_seconds + HARD_LIMIT_GRACE_SECONDS,
+        # Flower sees every task from "received" on. No "task-sent" events: each would be a
+        # second publish (and confirm) after every message's own, at the API and at every
+        # hop; the service's own job events and metrics say when a job was queued.
         "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        "task_send_sent_event": False,
     }
 
 

@@ -74,6 +74,7 @@ def build_chain(
             routing_key=step.queue,
             task_id=task_id,
             priority=rank(payload["priority"]),
+            **described(payload["job_id"]),
         )
         for index, (step, task_id) in enumerate(zip(pipeline.steps, task_ids, strict=True))
     ]
@@ -89,6 +90,7 @@ def build_video_start(app: Celery, payload: VideoPayload, task_id: str) -> Signa
         routing_key=QUEUE_PREPROCESS,
         task_id=task_id,
         priority=rank(payload["priority"]),
+        **described(payload["job_id"]),
     )
 
 
@@ -104,6 +106,7 @@ def build_chunk_chain(app: Celery, payload: ChunkPayload) -> Signature:
                 routing_key=queue,
                 task_id=f"{job_id}-c{index}-{stage}",
                 priority=rank(payload["priority"]),
+                **described(job_id),
             )
             for position, (task, queue, stage) in enumerate(CHUNK_STEPS)
         )
@@ -165,6 +168,7 @@ def build_prompt(
         routing_key=decoder_queue,
         task_id=f"{job_id}-inference",
         priority=priority,
+        **described(job_id),
     )
     if not embed_first or decoder_queue == QUEUE_INFERENCE:
         return prompt.clone(args=(payload,))  # the decoder encodes, when it must, itself
@@ -175,8 +179,15 @@ def build_prompt(
         routing_key=QUEUE_INFERENCE,
         task_id=f"{job_id}-embed",
         priority=priority,
+        **described(job_id),
     )
     return chain(embed, prompt)
+
+
+def described(job_id: str) -> dict[str, str]:
+    """How a message shows its arguments (Flower, worker logs): by its job. Celery would
+    otherwise ``saferepr`` the whole payload on every publish, a third of its cost."""
+    return {"argsrepr": f"(job {job_id},)", "kwargsrepr": "{}"}
 
 
 def rank(priority: Priority | str) -> int:

@@ -56,7 +56,7 @@ def _predict_yolo(
     for index, payload in enumerate(payloads):
         try:
             loaded = _model(ctx, payload, task)
-            image = ctx.model_input(payload)
+            image = ctx.model_input(payload, mapped=True)
         except Exception as exc:
             outcomes[index] = exc
             continue

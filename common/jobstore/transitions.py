@@ -45,18 +45,27 @@ class JobTransitions(StorePart):
 
     def step_started(self, job_id: str, step: str) -> bool:
         """Mark ``step`` running. False when the job is gone, cancelled or failed."""
+        return self.steps_started([job_id], step)[0]
+
+    def step_finished(self, job_id: str, step: str) -> bool:
+        return self.steps_finished([job_id], step)[0]
+
+    def steps_started(self, job_ids: list[str], step: str) -> list[bool]:
+        """``step_started`` for many jobs (a batch) in one transaction: one answer each."""
 
         def update(record: dict[str, Any]) -> dict[str, str]:
             steps = _mark_step(record["steps"], step, "started_at")
             return {"step": step, "steps": json.dumps(steps)}
 
-        return self._transition(job_id, ACTIVE_STATES, "running", update, report=_started(step))
+        return self._transitions(job_ids, ACTIVE_STATES, "running", update, report=_started(step))
 
-    def step_finished(self, job_id: str, step: str) -> bool:
+    def steps_finished(self, job_ids: list[str], step: str) -> list[bool]:
+        """``step_finished`` for many jobs in one transaction: one answer each."""
+
         def update(record: dict[str, Any]) -> dict[str, str]:
             return {"steps": json.dumps(_mark_step(record["steps"], step, "finished_at"))}
 
-        return self._transition(job_id, ("running",), "running", update, report=_finished(step))
+        return self._transitions(job_ids, ("running",), "running", update, report=_finished(step))
 
     def stage_started(self, job_id: str, stage: str) -> bool:
         """Mark a video's ``stage`` running (once: later chunks keep its start).
@@ -168,42 +177,89 @@ class JobTransitions(StorePart):
         also: Callable[[Any, str], None] | None = None,
         report: Report | None = None,
     ) -> bool:
-        key = self.keys.job(job_id)
+        return self._transitions([job_id], allowed_from, new_state, update, also, report)[0]
+
+    def _transitions(
+        self,
+        job_ids: list[str],
+        allowed_from: Iterable[str],
+        new_state: JobState,
+        update: Update,
+        also: Callable[[Any, str], None] | None = None,
+        report: Report | None = None,
+    ) -> list[bool]:
+        """One change to each job that is in an ``allowed_from`` state, all in one
+        WATCH/MULTI transaction (retried whole when another client wrote one of them).
+        Answers, per job, whether it changed."""
+        if not job_ids:
+            return []
+        keys = [self.keys.job(job_id) for job_id in job_ids]
         allowed = set(allowed_from)
-        batch: list[str] = []
+        changed: list[bool] = []
+        ended: list[tuple[str, str, str]] = []  # (tenant, batch id, job id)
 
         def attempt(pipe: Any) -> bool:
-            raw = pipe.hgetall(key)
-            if not raw or raw.get("state") not in allowed:
-                return False
-            record = decode(raw)
-            fields = update(record)
-            fields.update(state=new_state, updated_at=now_iso())
+            changed.clear()
+            ended.clear()
+            raws = self._read(pipe, keys)
             pipe.multi()
-            pipe.hset(key, mapping=fields)
-            tenant = raw.get("tenant") or DEFAULT_TENANT
-            if raw["state"] != new_state:
-                score = float(raw.get("submitted_ts") or time.time())
-                for old, new in (
-                    (self.keys.index(raw["state"]), self.keys.index(new_state)),
-                    (
-                        self.keys.tenant_index(tenant, raw["state"]),
-                        self.keys.tenant_index(tenant, new_state),
-                    ),
-                ):
-                    pipe.zrem(old, job_id)
-                    pipe.zadd(new, {job_id: score})
-            if also is not None:
-                also(pipe, tenant)
-            for kind, data in report(record, fields) if report is not None else []:
-                self.events.add(pipe, tenant, entry(kind, job_id, raw.get("batch_id"), data))
-            batch[:] = [tenant, raw.get("batch_id") or ""]
+            for job_id, key, raw in zip(job_ids, keys, raws, strict=True):
+                ok = bool(raw) and raw.get("state") in allowed
+                changed.append(ok)
+                if ok:
+                    tenant = self._change(pipe, job_id, key, raw, new_state, update, report)
+                    if also is not None:
+                        also(pipe, tenant)
+                    if raw.get("batch_id"):
+                        ended.append((tenant, raw["batch_id"], job_id))
             return True
 
-        changed = bool(self.redis.transaction(attempt, key, value_from_callable=True))
-        if changed and new_state in TERMINAL_EVENTS and batch and batch[1]:
-            self.events.batch_member_ended(batch[0], batch[1], job_id, new_state, self.ttl)
+        self.redis.transaction(attempt, *keys, value_from_callable=True)
+        if new_state in TERMINAL_EVENTS:
+            for tenant, batch_id, job_id in ended:
+                self.events.batch_member_ended(tenant, batch_id, job_id, new_state, self.ttl)
         return changed
+
+    def _read(self, pipe: Any, keys: list[str]) -> list[dict[str, Any]]:
+        """The records, read after WATCH: one key on the watching connection, many in
+        one round trip of a plain pipeline (a write to any of them still aborts EXEC)."""
+        if len(keys) == 1:
+            return [pipe.hgetall(keys[0])]
+        reader = self.redis.pipeline(transaction=False)
+        for key in keys:
+            reader.hgetall(key)
+        return list(reader.execute())
+
+    def _change(
+        self,
+        pipe: Any,
+        job_id: str,
+        key: str,
+        raw: dict[str, Any],
+        new_state: JobState,
+        update: Update,
+        report: Report | None,
+    ) -> str:
+        """Queue one job's change on ``pipe`` (in MULTI); answers its tenant."""
+        record = decode(raw)
+        fields = update(record)
+        fields.update(state=new_state, updated_at=now_iso())
+        pipe.hset(key, mapping=fields)
+        tenant = str(raw.get("tenant") or DEFAULT_TENANT)
+        if raw["state"] != new_state:
+            score = float(raw.get("submitted_ts") or time.time())
+            for old, new in (
+                (self.keys.index(raw["state"]), self.keys.index(new_state)),
+                (
+                    self.keys.tenant_index(tenant, raw["state"]),
+                    self.keys.tenant_index(tenant, new_state),
+                ),
+            ):
+                pipe.zrem(old, job_id)
+                pipe.zadd(new, {job_id: score})
+        for kind, data in report(record, fields) if report is not None else []:
+            self.events.add(pipe, tenant, entry(kind, job_id, raw.get("batch_id"), data))
+        return tenant
 
 
 def decode(raw: dict[str, Any]) -> dict[str, Any]:

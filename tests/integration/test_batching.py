@@ -15,6 +15,7 @@ import pytest
 
 from tests.support import stack
 from tests.support.api import submit
+from tests.support.images import big_image
 from tests.support.jobs import wait_for_job, wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.workers]
@@ -31,13 +32,6 @@ MIXED = [
     ("bus.jpg", "detect", {"confidence": 0.5, "max_detections": 5}),
     ("zidane.jpg", "detect", {"image_size": 320}),
 ]
-
-
-def big_image(assets: Path) -> bytes:
-    import cv2
-
-    image = cv2.resize(cv2.imread(str(assets / "bus.jpg")), (2048, 2730))
-    return cv2.imencode(".jpg", image)[1].tobytes()
 
 
 def hold_inference(client: Any, assets: Path) -> str:

@@ -19,6 +19,7 @@ from common.settings import Settings
 from tests.support import stack
 from tests.support.api import run_job, submit
 from tests.support.catalogue import SHIPPED_PIPELINES
+from tests.support.images import big_image
 from tests.support.jobs import wait_for_job, wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.workers]
@@ -167,11 +168,6 @@ def test_catalogue_and_readiness_show_the_workers_models(api_client: Any) -> Non
     ready = api_client.get("/health/ready")
     assert ready.status_code == 200
     assert ready.json()["workers"][0]["models"]["yolov8n"]["available"] is True
-
-
-def big_image(assets: Path) -> bytes:
-    image = cv2.resize(cv2.imread(str(assets / "bus.jpg")), (2048, 2730))
-    return cv2.imencode(".jpg", image)[1].tobytes()
 
 
 def test_cancel_queued_and_running_jobs(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from pathlib import Path
 
 from PIL import Image
 
@@ -31,3 +32,12 @@ def jpeg(width: int = 64, height: int = 48) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (width, height), (200, 100, 50)).save(buffer, "JPEG")
     return buffer.getvalue()
+
+
+def big_image(assets: Path) -> bytes:
+    """bus.jpg enlarged to 2048x2730: a detect job at image_size 2048 takes seconds on a
+    CPU, long enough for the next jobs to queue behind it."""
+    import cv2
+
+    image = cv2.resize(cv2.imread(str(assets / "bus.jpg")), (2048, 2730))
+    return bytes(cv2.imencode(".jpg", image)[1].tobytes())

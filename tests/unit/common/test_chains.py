@@ -63,6 +63,9 @@ def test_publishing_puts_the_first_step_on_preprocess_with_the_rest_attached(
             ("cv.inference.detect", "inference"),
             ("cv.postprocess.detect", "postprocess"),
         ]
+        # Shown by its job (Flower, logs), not by a repr of the payload made on each publish.
+        assert message.headers["argsrepr"] == f"(job {JOB},)"
+        assert all(s["options"]["argsrepr"] == f"(job {JOB},)" for s in rest)
         message.ack()
         for queue in ("inference", "postprocess"):
             assert conn.SimpleQueue(queue).qsize() == 0

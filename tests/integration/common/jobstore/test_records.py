@@ -138,3 +138,41 @@ def test_scripts_are_registered_once_and_called_by_their_sha(store: JobStore) ->
     assert after["eval"] == before["eval"]  # no script text sent
     record = store.jobs.get(job_id)
     assert record is not None and record["notification"] == "delivered"
+
+
+def test_steps_of_a_batch_change_in_one_transaction_and_answer_each(store: JobStore) -> None:
+    """A batch's members start and finish together; a cancelled or vanished member is
+    refused alone."""
+    ids = [new_job(store) for _ in range(4)]
+    store.jobs.cancel(ids[1])
+    gone = "0" * 32
+    assert store.jobs.steps_started([*ids, gone], "inference") == [True, False, True, True, False]
+    assert store.jobs.get(ids[1])["state"] == "cancelled"  # type: ignore[index]
+    store.jobs.cancel(ids[3])
+    assert store.jobs.steps_finished(ids, "inference") == [True, False, True, False]
+    for job_id in (ids[0], ids[2]):
+        record = store.jobs.get(job_id)
+        assert record is not None and record["state"] == "running"
+        inference = next(s for s in record["steps"] if s["name"] == "inference")
+        assert inference["started_at"] and inference["finished_at"]
+    assert store.jobs.steps_started([], "inference") == []
+
+
+def test_a_batch_transition_written_meanwhile_is_tried_again_from_what_is_there(
+    store: JobStore,
+) -> None:
+    """Another client cancels a member between the read and the write: the transaction
+    is retried whole, and that member is refused (no late write revives it)."""
+    ids = [new_job(store) for _ in range(3)]
+    calls: list[str] = []
+
+    def update(record: dict[str, object]) -> dict[str, str]:
+        calls.append(str(record["id"]))
+        if len(calls) == 1:
+            store.jobs.cancel(ids[2])  # on another connection, after WATCH
+        return {"step": "inference"}
+
+    changed = store.jobs._transitions(ids, ("queued", "running"), "running", update)
+    assert changed == [True, True, False]
+    assert len(calls) == 3 + 2  # a first try of three, then the two still active
+    assert [store.jobs.state(j) for j in ids] == ["running", "running", "cancelled"]
