@@ -334,11 +334,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"ceiling: inference {label} (max_batch {batch}): {report[f'inference_{label}']}")
         every = [*ids["unbatched"], *ids["batched"]]
         worker = start(QUEUE_POSTPROCESS, env)
+        wait_for(lambda: step_started(store, every[0], "postprocess") is not None, "postprocess")
+        meter = CpuMeter(worker.pid)
         wait_for(lambda: finished(store, every), "every job to succeed")
         ended = time.time()
         first = min(t for t in (step_started(store, j, "postprocess") for j in every) if t)
+        report["postprocess"] = {
+            **per_image(ended - first, len(every)),
+            "cpu_ms_per_image": meter.ms_per_image(len(every)),
+        }
         stop(worker)
-        report["postprocess"] = per_image(ended - first, len(every))
         for label in ("unbatched", "batched"):
             report[f"inference_{label}"].update(step_stats(store, ids[label], "inference"))
         report["preprocess"] = step_stats(store, every, "preprocess")

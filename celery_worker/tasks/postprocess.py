@@ -12,6 +12,7 @@ most confident detections, and says so in the result when it left some out.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from fractions import Fraction
 from typing import Any
@@ -157,6 +158,9 @@ def postprocess_crops(ctx: WorkerContext, payload: ImagePayload) -> dict[str, An
 
 
 def _original(ctx: WorkerContext, payload: ImagePayload) -> np.ndarray:
+    # Decoded again rather than read back from preprocess: writing the decoded picture
+    # (2.7 MB for 1280x720) cost preprocess 9-22 ms of CPU per image here, against 1-2 ms
+    # saved in postprocess (benchmarks/ceiling.py, the CPU per image of both hops).
     return decode_image(ctx.storage.path(payload["input_key"]), ctx.settings.max_image_pixels)
 
 
@@ -186,6 +190,8 @@ def _finish(
     artifacts.refuse_large_result(result, ctx.settings.max_result_bytes)
     if not ctx.store.jobs.succeed(job_id, "postprocess", result, written):
         raise JobGone(job_id)
+    # The steps' working files (model input, decoded original, masks) are done with.
+    shutil.rmtree(ctx.storage.job_dir(payload["tenant"], job_id) / "work", ignore_errors=True)
     return {"job_id": job_id, "pipeline": payload["pipeline"], "timings": timings}
 
 

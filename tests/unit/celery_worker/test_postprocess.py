@@ -182,3 +182,20 @@ def test_rle_masks_are_the_first_remedy_named() -> None:
         refuse_large_result(result, size - 1)
     with pytest.raises(InputError, match=f"would be {size} bytes of JSON"):
         refuse_large_result(result, size - 1)
+
+
+# --- working files ----------------------------------------------------------------------
+
+
+def test_the_steps_working_files_go_once_the_job_has_succeeded(tmp_path: Path) -> None:
+    """The model input (and a segment job's masks) are not kept until the job expires."""
+    ctx = context(tmp_path)
+    job = payload(ctx, [])
+    work = ctx.storage.job_dir("default", job["job_id"]) / "work"
+    work.mkdir(parents=True)
+    np.save(work / "model-input.npy", np.zeros((4, 4, 3), np.uint8))
+
+    postprocess_detect(ctx, job)
+
+    assert ctx.store.jobs.succeeded and not work.exists()
+    assert ctx.storage.artifact_path("default", job["job_id"], "annotated.png").is_file()
