@@ -18,10 +18,11 @@ process of one queue, so the hops do not share the two cores of a small host:
 3. Steps 1 and 2 again with ``max_batch: --batch`` (batched; ``max_wait_ms: 0``).
 4. A postprocess worker finishes all the jobs.
 
-A hop's time runs from the moment its worker takes the first message (its queue depth
-drops) to the moment the next queue holds them all, sampled every 20 ms; workers' start-up
-is not counted. Per image: the hop's wall time, and the part of it that is the step itself
-(the jobs' recorded step seconds) versus the hand-over around it.
+A hop's time runs from the moment its worker began the first job's step (the job
+records' ``started_at``, so workers' start-up is not counted) to the moment the next
+queue holds every job's message (postprocess: every job succeeded), sampled every 20 ms.
+Per image: the hop's wall time, the CPU time of the worker, RabbitMQ and Redis over it,
+and the step's own recorded seconds.
 """
 
 from __future__ import annotations
@@ -97,13 +98,12 @@ class Depths:
         self.connection.release()
 
 
-def wait_for(predicate: Callable[[], bool], what: str, timeout: float = HOP_TIMEOUT) -> float:
+def wait_for(predicate: Callable[[], bool], what: str, timeout: float = HOP_TIMEOUT) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
             raise SystemExit(f"ceiling: timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(SAMPLE_SECONDS)
-    return time.perf_counter()
 
 
 def stop(worker: Any) -> None:
@@ -131,7 +131,7 @@ def servers() -> dict[str, Any]:
     import psutil
 
     found: dict[str, Any] = {}
-    for process in psutil.process_iter(["name", "cmdline"]):
+    for process in psutil.process_iter(["name"]):
         name = process.info["name"] or ""
         if name.startswith("beam.smp"):
             found["rabbitmq"] = process
@@ -170,20 +170,25 @@ class CpuMeter:
 
 
 def hop(
-    store: Any, ids: list[str], step: str, depths: Depths, target: str, start: Callable[[], Any]
+    store: Any, ids: list[str], step: str, start: Callable[[], Any], done: Callable[[], bool]
 ) -> tuple[float, Any, dict[str, float]]:
     """Start a worker (``start()``) for ``step`` of the jobs ``ids``, whose messages are
     queued: seconds from the moment it began the first (the job records' ``started_at``,
-    so its start-up is not counted) to ``target`` holding one more message per job; and
-    the CPU milliseconds per image of the worker, RabbitMQ and Redis meanwhile."""
-    before, count = depths.ready(target), len(ids)
+    so its start-up is not counted) to ``done()``; and the CPU milliseconds per image of
+    the worker, RabbitMQ and Redis meanwhile."""
     worker = start()
     wait_for(lambda: step_started(store, ids[0], step) is not None, f"the first {step}")
     meter = CpuMeter(worker.pid)
-    wait_for(lambda: depths.ready(target) >= before + count, f"{count} messages on {target}")
+    wait_for(done, f"the {step} of {len(ids)} jobs")
     ended = time.time()
     first = min(t for t in (step_started(store, job_id, step) for job_id in ids) if t)
-    return ended - first, worker, meter.ms_per_image(count)
+    return ended - first, worker, meter.ms_per_image(len(ids))
+
+
+def holds(depths: Depths, queue: str, count: int) -> Callable[[], bool]:
+    """Whether ``queue`` holds ``count`` messages more than it does now."""
+    before = depths.ready(queue)
+    return lambda: depths.ready(queue) >= before + count
 
 
 def step_started(store: Any, job_id: str, step: str) -> float | None:
@@ -193,13 +198,6 @@ def step_started(store: Any, job_id: str, step: str) -> float | None:
         if entry["name"] == step and entry.get("started_at"):
             return datetime.fromisoformat(entry["started_at"]).timestamp()
     return None
-
-
-def worker_ready(worker: Any) -> bool:
-    """The pool process is up (a worker takes messages only once it is)."""
-    import psutil
-
-    return bool(psutil.Process(worker.pid).children())
 
 
 def finished(store: Any, ids: list[str]) -> bool:
@@ -303,9 +301,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 store,
                 ids[label],
                 "preprocess",
-                depths,
-                QUEUE_INFERENCE,
                 lambda: start(QUEUE_PREPROCESS, env),
+                holds(depths, QUEUE_INFERENCE, count),
             )
             stop(worker)
             report[f"preprocess_{label}_round"] = {
@@ -317,9 +314,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 store,
                 ids[label],
                 "inference",
-                depths,
-                QUEUE_POSTPROCESS,
                 functools.partial(start, QUEUE_INFERENCE, worker_env),
+                holds(depths, QUEUE_POSTPROCESS, count),
             )
             stop(worker)
             for spy in profiles:
@@ -333,17 +329,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             }
             print(f"ceiling: inference {label} (max_batch {batch}): {report[f'inference_{label}']}")
         every = [*ids["unbatched"], *ids["batched"]]
-        worker = start(QUEUE_POSTPROCESS, env)
-        wait_for(lambda: step_started(store, every[0], "postprocess") is not None, "postprocess")
-        meter = CpuMeter(worker.pid)
-        wait_for(lambda: finished(store, every), "every job to succeed")
-        ended = time.time()
-        first = min(t for t in (step_started(store, j, "postprocess") for j in every) if t)
-        report["postprocess"] = {
-            **per_image(ended - first, len(every)),
-            "cpu_ms_per_image": meter.ms_per_image(len(every)),
-        }
+        seconds, worker, cpu = hop(
+            store,
+            every,
+            "postprocess",
+            lambda: start(QUEUE_POSTPROCESS, env),
+            lambda: finished(store, every),
+        )
         stop(worker)
+        report["postprocess"] = {**per_image(seconds, len(every)), "cpu_ms_per_image": cpu}
         for label in ("unbatched", "batched"):
             report[f"inference_{label}"].update(step_stats(store, ids[label], "inference"))
         report["preprocess"] = step_stats(store, every, "preprocess")

@@ -139,7 +139,8 @@ class Intake:
             channel = connection.default_channel
             self._published = self._confirmed = 0
             self._refused = False
-            if hasattr(channel, "confirm_select"):  # py-amqp (memory:// has no confirms)
+            self._confirms = hasattr(channel, "confirm_select")  # py-amqp; not memory://
+            if self._confirms:
                 channel.confirm_select()
                 channel.events["basic_ack"].add(self._on_ack)
                 channel.events["basic_nack"].add(self._on_nack)
@@ -150,9 +151,6 @@ class Intake:
                     return publish(*args, **kwargs)
 
                 channel.basic_publish = counted
-                self._confirms = True
-            else:
-                self._confirms = False
             self._connection = connection
         return self._connection.default_channel
 

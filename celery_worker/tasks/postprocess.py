@@ -190,7 +190,7 @@ def _finish(
     artifacts.refuse_large_result(result, ctx.settings.max_result_bytes)
     if not ctx.store.jobs.succeed(job_id, "postprocess", result, written):
         raise JobGone(job_id)
-    # The steps' working files (model input, decoded original, masks) are done with.
+    # The steps' working files (model input, masks) are done with.
     shutil.rmtree(ctx.storage.job_dir(payload["tenant"], job_id) / "work", ignore_errors=True)
     return {"job_id": job_id, "pipeline": payload["pipeline"], "timings": timings}
 
