@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help install services start demo stop status reload models models-sam export-onnx migrate test lint bench bench-video bench-tenants bench-slow-clients bench-events bench-ceiling bench-sam flower clean
+.PHONY: help install services start demo stop status reload models models-sam export-onnx migrate test lint bench bench-video bench-tenants bench-slow-clients bench-events bench-ceiling bench-submissions bench-sam flower clean
 
 help:
 	@echo "make demo     install, start RabbitMQ, Redis, the API and 3 workers, run the sample job"
@@ -24,6 +24,7 @@ help:
 	@echo "make bench-slow-clients  a normal POST while 200 clients trickle heads and bodies"
 	@echo "make bench-events        1,000 SSE subscribers while jobs run: delivery, latency, POST times"
 	@echo "make bench-ceiling       the orchestration ceiling: a null model through the real queues, batched vs not"
+	@echo "make bench-submissions   POST /v1/jobs at 32 clients: rate and latency, idle and busy workers; batches"
 	@echo "make bench-sam           interactive segmentation: first prompt vs later ones, service and direct"
 	@echo "make migrate  upgrade a stopped installation in place: priority queues, tenants"
 	@echo "make clean    remove var/ (jobs, logs, Redis data) and demo-output/"
@@ -88,6 +89,9 @@ bench-events: install services
 
 bench-ceiling: install services
 	$(PY) benchmarks/ceiling.py
+
+bench-submissions: install services
+	$(PY) benchmarks/submissions.py
 
 bench-sam: install services
 	$(PY) benchmarks/sam.py

@@ -112,6 +112,10 @@ def require_servers() -> None:
         )
 
 
+def delete_vhost(name: str) -> None:
+    requests.delete(f"{MANAGEMENT}/vhosts/{name}", auth=broker_auth(), timeout=30)
+
+
 def fresh_vhost(name: str = VHOST) -> str:
     """An empty vhost (deleted and re-created, so no message of an earlier run remains)."""
     auth = broker_auth()
@@ -233,7 +237,9 @@ def start_worker(
 
 
 @contextmanager
-def gunicorn(env: dict[str, str], logs: Path, ready_status: int = 200) -> Iterator[str]:
+def gunicorn(
+    env: dict[str, str], logs: Path, ready_status: int = 200, workers: int = 1
+) -> Iterator[str]:
     """The real API server (gunicorn + uvicorn worker) on a free port; yields its base URL.
 
     Waits until ``/health/ready`` answers ``ready_status`` (503 for a server whose
@@ -249,7 +255,7 @@ def gunicorn(env: dict[str, str], logs: Path, ready_status: int = 200) -> Iterat
             "-k",
             "api.server.ApiWorker",
             "-w",
-            "1",
+            str(workers),
             "-b",
             f"127.0.0.1:{port}",
             "api.app:create_app()",
