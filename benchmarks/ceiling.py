@@ -151,13 +151,14 @@ def cpu_seconds(process: Any) -> float:
 
 
 class CpuMeter:
-    """CPU seconds of the worker (master and pool), RabbitMQ and Redis over a hop."""
+    """CPU seconds of a process with its children (``label``: a worker's master and pool,
+    or gunicorn's master and workers), RabbitMQ and Redis from now on."""
 
-    def __init__(self, worker_pid: int) -> None:
+    def __init__(self, pid: int, label: str = "worker") -> None:
         import psutil
 
-        master = psutil.Process(worker_pid)
-        self.processes = {"worker": [master, *master.children(recursive=True)]}
+        master = psutil.Process(pid)
+        self.processes = {label: [master, *master.children(recursive=True)]}
         self.processes.update({name: [p] for name, p in servers().items()})
         self.start = self.read()
 
@@ -350,9 +351,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for worker in workers:
             stack.stop(worker)  # no-op for those stopped already
         depths.close()
-        leftovers = list(store.redis.scan_iter(match=settings.redis_prefix + ":*"))
-        if leftovers:
-            store.redis.delete(*leftovers)
+        stack.delete_prefix(store.redis, settings.redis_prefix)
         if args.keep:
             print(f"ceiling: logs kept in {logs}")
         else:

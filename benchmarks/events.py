@@ -374,9 +374,7 @@ def own_stack(
     finally:
         for process in processes:
             stack.stop(process)
-        leftovers = list(store.redis.scan_iter(match=settings.redis_prefix + ":*"))
-        if leftovers:
-            store.redis.delete(*leftovers)
+        stack.delete_prefix(store.redis, settings.redis_prefix)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from run import save_report
 
-from benchmarks.ceiling import cpu_seconds, servers
+from benchmarks.ceiling import CpuMeter
 from benchmarks.tenants import multipart, photo
 from common.contract import QUEUE_INFERENCE, QUEUE_POSTPROCESS, QUEUE_PREPROCESS
 from common.settings import Settings
@@ -128,29 +128,11 @@ def drive(port: int, request: bytes, clients: int, seconds: float) -> Load:
     return load
 
 
-class Meter:
-    """CPU seconds of the API (gunicorn's master and workers), RabbitMQ and Redis."""
-
-    def __init__(self, api_pid: int) -> None:
-        import psutil
-
-        master = psutil.Process(api_pid)
-        self.processes = {"api": [master, *master.children(recursive=True)]}
-        self.processes.update({name: [p] for name, p in servers().items()})
-        self.start = self.read()
-
-    def read(self) -> dict[str, float]:
-        return {n: sum(cpu_seconds(p) for p in ps) for n, ps in self.processes.items()}
-
-    def ms_per(self, count: int) -> dict[str, float]:
-        end = self.read()
-        return {n: round(1000 * (end[n] - self.start[n]) / max(count, 1), 3) for n in end}
-
-
-def round_figures(load: Load, meter: Meter, accepted: int, per_request: int) -> dict[str, Any]:
-    """Rates, latency percentiles and CPU per request of one round."""
+def round_figures(load: Load, meter: CpuMeter, per_request: int) -> dict[str, Any]:
+    """Rates (of 202 answers: ``per_request`` images each), latency percentiles and CPU
+    per request of one round."""
     answered = sum(load.statuses.values())
-    cpu = meter.ms_per(answered)
+    cpu = meter.ms_per_image(max(answered, 1))
     cpu["clients"] = round(1000 * load.client_cpu / max(answered, 1), 3)
     ms = sorted(1000 * t for t in load.latencies)
 
@@ -160,7 +142,7 @@ def round_figures(load: Load, meter: Meter, accepted: int, per_request: int) -> 
     figures: dict[str, Any] = {
         "requests": answered,
         "requests_per_second": round(answered / load.seconds, 1),
-        "images_per_second": round(load.statuses.get(accepted, 0) * per_request / load.seconds, 1),
+        "images_per_second": round(load.statuses.get(202, 0) * per_request / load.seconds, 1),
         "p50_ms": round(statistics.median(ms), 1) if ms else 0.0,
         "p95_ms": pct(0.95),
         "p99_ms": pct(0.99),
@@ -185,7 +167,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     logs.mkdir()
     env = stack.stack_environment(tmp, tmp / "none.pt", tmp / "none-seg.pt")
     env["CV_BROKER_URL"] = stack.broker_url(VHOST, password=False)
-    env["CV_API_WORKERS"] = str(args.api_workers)
     del env["CV_KEY_CACHE_SECONDS"]  # the tests' 0.5 s; deployed, the default
     settings = Settings.from_env(env, env_file=Path("/nonexistent"))
     store = JobStore.from_settings(settings)
@@ -211,14 +192,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             body, ctype = multipart({"pipeline": PIPELINE}, files, "files")
             batch = http_request(port, "/v1/batches", key, body, ctype)
 
-            meter = Meter(api_pid)
+            meter = CpuMeter(api_pid, "api")
             report["idle"] = round_figures(
-                drive(port, single, args.clients, args.seconds), meter, 202, 1
+                drive(port, single, args.clients, args.seconds), meter, 1
             )
             print(f"submissions: idle {report['idle']}")
-            meter = Meter(api_pid)
+            meter = CpuMeter(api_pid, "api")
             report["batches"] = round_figures(
-                drive(port, batch, args.batch_clients, args.seconds), meter, 202, args.batch_size
+                drive(port, batch, args.batch_clients, args.seconds), meter, args.batch_size
             )
             report["batches"]["batch_size"] = args.batch_size
             report["batches"]["clients"] = args.batch_clients
@@ -231,9 +212,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if time.monotonic() - busy_since > 120:
                     raise SystemExit("submissions: the workers finished no job in 120 s")
                 time.sleep(0.2)
-            meter = Meter(api_pid)
+            meter = CpuMeter(api_pid, "api")
             report["busy"] = round_figures(
-                drive(port, single, args.clients, args.seconds), meter, 202, 1
+                drive(port, single, args.clients, args.seconds), meter, 1
             )
             report["busy"]["workers"] = (
                 "preprocess, inference, postprocess: 1 process each, nice 10"
@@ -245,9 +226,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         for worker in workers:
             stack.stop(worker)
-        leftovers = list(store.redis.scan_iter(match=settings.redis_prefix + ":*", count=5000))
-        for start in range(0, len(leftovers), 5000):
-            store.redis.delete(*leftovers[start : start + 5000])
+        stack.delete_prefix(store.redis, settings.redis_prefix)
         stack.delete_vhost(VHOST)
         if args.keep:
             print(f"submissions: logs kept in {logs}")

@@ -116,6 +116,13 @@ def delete_vhost(name: str) -> None:
     requests.delete(f"{MANAGEMENT}/vhosts/{name}", auth=broker_auth(), timeout=30)
 
 
+def delete_prefix(client: redis.Redis, prefix: str, chunk: int = 5000) -> None:
+    """Remove every key under ``prefix:`` (a benchmark's own), ``chunk`` keys a command."""
+    keys = list(client.scan_iter(match=prefix + ":*", count=chunk))
+    for start in range(0, len(keys), chunk):
+        client.delete(*keys[start : start + chunk])
+
+
 def fresh_vhost(name: str = VHOST) -> str:
     """An empty vhost (deleted and re-created, so no message of an earlier run remains)."""
     auth = broker_auth()
